@@ -1,0 +1,29 @@
+# The two commands that matter on a fresh machine:
+#   make demo   installs into .venv and runs the whole story against the built-in simulator
+#   make test   installs into .venv (with test extras), makes sure redis-server exists, runs all tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-test bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	@command -v redis-server >/dev/null || { echo "redis-server not found: installing it with apt-get"; \
+		(apt-get update -qq && apt-get install -y -qq redis-server) || { echo "cannot install redis-server" >&2; exit 1; }; }
+
+demo: install
+	$(BIN)/mobyt demo
+
+test: install-test
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/pipeline_throughput.py

@@ -1,0 +1,252 @@
+"""Settings read once from the environment (and an optional ``.env`` file).
+
+Every value is validated at start-up; a bad one raises :class:`ConfigError` naming
+the variable. The password and the webhook token are held in :class:`Secret`, whose
+``repr``/``str`` never show the value, so settings can be logged safely.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Callable, Mapping, TypeVar
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):  # never pickled with its value by accident
+        raise TypeError("Secret values are not serialisable")
+
+
+#: Provider functions and their default paths (SPEC §2). Each is overridable by
+#: ``MOBYT_PATH_<FUNCTION>`` because the provider's own document mixes /Moby/ and /Mobyt/.
+DEFAULT_PATHS: dict[str, str] = {
+    "SENDSMS": "/Moby/SENDSMS",
+    "SMSSTATUS": "/Moby/SMSSTATUS",
+    "REMOVE_DELAYED": "/Mobyt/REMOVE_DELAYED",
+    "SMSHISTORY": "/Mobyt/SMSHISTORY",
+    "CREDITS": "/Moby/CREDITS",
+    "SRNEWMESSAGES": "/OESRs/SRNEWMESSAGES",
+    "SRHISTORY": "/OESRs/SRHISTORY",
+    "SRHISTORYBYID": "/OESRs/SRHISTORYBYID",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    login: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+    base_url: str = "https://api.moby.fr"
+    paths: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PATHS))
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Europe/Paris"))
+    country: str = "FR"
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    pool_size: int = 64
+    redis_url: str = "redis://localhost:6379/0"
+    key_prefix: str = "mobyt"
+    default_sender: str | None = None
+    default_message_type: str = "N"
+    non_gsm: str = "transliterate"
+    webhook_token: Secret = field(default_factory=lambda: Secret(""))
+    worker_concurrency: int = 64
+    visibility_timeout: int = 600
+    task_time_limit: int = 300
+    bulk_chunk_size: int = 500
+    send_rate_limit: float = 0.0
+    event_task: str | None = None
+    stream_maxlen: int = 100_000
+    order_ttl: int = 30 * 24 * 3600
+    poll_tick: float = 5.0
+    poll_batch: int = 500
+    inbox_interval: float = 30.0
+    reconcile_interval: float = 300.0
+    credits_interval: float = 600.0
+    credit_threshold: int = 0
+
+    def url_for(self, function: str) -> str:
+        return self.base_url.rstrip("/") + self.paths[function]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> "Settings":
+        """Build settings from ``environ`` (default: ``os.environ`` plus ``.env``).
+
+        Variables already set win over the ``.env`` file.
+        """
+        if environ is None:
+            env: dict[str, str] = {}
+            if dotenv:
+                from dotenv import dotenv_values
+
+                env.update({k: v for k, v in dotenv_values().items() if v is not None})
+            env.update(os.environ)
+        else:
+            env = dict(environ)
+        return cls._parse(env)
+
+    @classmethod
+    def _parse(cls, env: Mapping[str, str]) -> "Settings":
+        d = cls()
+
+        def get(name: str, convert: Callable[[str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                return convert(raw.strip())
+            except ConfigError:
+                raise
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(name, f"invalid value ({exc})") from None
+
+        paths = dict(DEFAULT_PATHS)
+        for function in DEFAULT_PATHS:
+            paths[function] = get(f"MOBYT_PATH_{function}", _path(f"MOBYT_PATH_{function}"), paths[function])
+
+        return cls(
+            login=env.get("MOBYT_LOGIN", "").strip(),
+            password=Secret(env.get("MOBYT_PASSWORD", "")),
+            base_url=get("MOBYT_BASE_URL", _http_url("MOBYT_BASE_URL"), d.base_url),
+            paths=paths,
+            timezone=get("MOBYT_TIMEZONE", _zone, d.timezone),
+            country=get("MOBYT_COUNTRY", _country, d.country),
+            connect_timeout=get("MOBYT_CONNECT_TIMEOUT", _positive(float), d.connect_timeout),
+            read_timeout=get("MOBYT_READ_TIMEOUT", _positive(float), d.read_timeout),
+            pool_size=get("MOBYT_HTTP_POOL_SIZE", _positive(int), d.pool_size),
+            redis_url=get("REDIS_URL", _redis_url, d.redis_url),
+            key_prefix=get("MOBYT_KEY_PREFIX", _prefix, d.key_prefix),
+            default_sender=get("MOBYT_DEFAULT_SENDER", str, d.default_sender),
+            default_message_type=get("MOBYT_DEFAULT_MESSAGE_TYPE", _choice("N", "L"), d.default_message_type),
+            non_gsm=get("MOBYT_NON_GSM", _choice("transliterate", "reject"), d.non_gsm),
+            webhook_token=Secret(env.get("MOBYT_WEBHOOK_TOKEN", "")),
+            worker_concurrency=get("MOBYT_WORKER_CONCURRENCY", _positive(int), d.worker_concurrency),
+            visibility_timeout=get("MOBYT_VISIBILITY_TIMEOUT", _positive(int), d.visibility_timeout),
+            task_time_limit=get("MOBYT_TASK_TIME_LIMIT", _positive(int), d.task_time_limit),
+            bulk_chunk_size=get("MOBYT_BULK_CHUNK_SIZE", _positive(int), d.bulk_chunk_size),
+            send_rate_limit=get("MOBYT_SEND_RATE_LIMIT", _non_negative(float), d.send_rate_limit),
+            event_task=get("MOBYT_EVENT_TASK", str, d.event_task),
+            stream_maxlen=get("MOBYT_STREAM_MAXLEN", _positive(int), d.stream_maxlen),
+            order_ttl=get("MOBYT_ORDER_TTL", _positive(int), d.order_ttl),
+            poll_tick=get("MOBYT_POLL_TICK", _positive(float), d.poll_tick),
+            poll_batch=get("MOBYT_POLL_BATCH", _positive(int), d.poll_batch),
+            inbox_interval=get("MOBYT_INBOX_INTERVAL", _positive(float), d.inbox_interval),
+            reconcile_interval=get("MOBYT_RECONCILE_INTERVAL", _positive(float), d.reconcile_interval),
+            credits_interval=get("MOBYT_CREDITS_INTERVAL", _positive(float), d.credits_interval),
+            credit_threshold=get("MOBYT_CREDIT_THRESHOLD", _non_negative(int), d.credit_threshold),
+        )
+
+    def require_credentials(self) -> None:
+        """Raise if the provider cannot be called with these settings."""
+        if not self.login:
+            raise ConfigError("MOBYT_LOGIN", "is required to call the provider")
+        if not self.password:
+            raise ConfigError("MOBYT_PASSWORD", "is required to call the provider")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "paths")
+        return f"Settings({shown})"
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def convert(raw: str) -> T:
+        value = kind(raw)
+        if value <= 0:  # type: ignore[operator]
+            raise ValueError("must be greater than 0")
+        return value
+
+    return convert
+
+
+def _non_negative(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def convert(raw: str) -> T:
+        value = kind(raw)
+        if value < 0:  # type: ignore[operator]
+            raise ValueError("must not be negative")
+        return value
+
+    return convert
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        for option in allowed:
+            if raw.lower() == option.lower():
+                return option
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+
+    return convert
+
+
+def _http_url(name: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username or parts.password or parts.query:
+            raise ValueError("must not carry credentials or a query string")
+        return raw.rstrip("/")
+
+    return convert
+
+
+def _path(name: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        if not raw.startswith("/"):
+            raise ValueError("must start with /")
+        return raw
+
+    return convert
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix", "sentinel"):
+        raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+    return raw
+
+
+def _zone(raw: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {raw!r}") from None
+
+
+def _country(raw: str) -> str:
+    if len(raw) != 2 or not raw.isalpha():
+        raise ValueError("must be a 2-letter ISO 3166 country code")
+    return raw.upper()
+
+
+def _prefix(raw: str) -> str:
+    if not raw.replace("_", "").replace("-", "").isalnum():
+        raise ValueError("must be letters, digits, '-' or '_'")
+    return raw
