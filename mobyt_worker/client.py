@@ -1,0 +1,263 @@
+"""The Mobyt client: one method per provider function, over a replaceable transport.
+
+Only :class:`RequestsTransport` knows ``requests``; it turns every failure into a typed
+error from :mod:`mobyt_worker.errors` (the one place for that mapping), so the client,
+the tasks and the tests see our error hierarchy only. Credentials travel in the POST
+body, never in a URL, and no log line or error message ever carries the form data.
+
+Retries: reads are retried on :class:`ProviderUnavailable` with jittered exponential
+backoff. SENDSMS is never retried here (a repeat is a second billed SMS: the caller
+resolves an ambiguous send through SMSSTATUS), and SRNEWMESSAGES, a destructive read,
+only when the request certainly never left (:class:`ProviderConnectError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from urllib3.exceptions import ClosedPoolError, NewConnectionError
+
+from . import errors, protocol
+from .protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, SendReceipt
+from .sms import validate_order_id
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from .config import Settings
+    from .sms import SendRequest
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    text: str
+
+
+class Transport(Protocol):
+    def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse: ...
+
+
+def check_status(status: int, where: str) -> None:
+    """Map a non-2xx HTTP status to a typed error (5xx transient, 3xx/4xx permanent)."""
+    if 200 <= status < 300:
+        return
+    if status >= 500:
+        raise errors.ProviderServerError(f"{where}: HTTP {status}", code=f"HTTP{status}")
+    why = "redirected (set MOBYT_BASE_URL to the final URL)" if 300 <= status < 400 else "refused"
+    raise errors.ProviderRejected(f"{where}: HTTP {status} {why}", code=f"HTTP{status}")
+
+
+class RequestsTransport:
+    """POSTs form bodies over one keep-alive ``requests.Session`` per process.
+
+    The session is rebuilt after a fork (Celery prefork children must not share
+    sockets with their parent). urllib3 never retries (``max_retries=0``): whether a
+    request may be repeated is the client's decision.
+    """
+
+    def __init__(self, pool_size: int = 64) -> None:
+        self._pool_size = pool_size
+        self._lock = threading.Lock()
+        self._session: requests.Session | None = None
+        self._pid = 0
+
+    def _get_session(self) -> requests.Session:
+        with self._lock:
+            if self._session is None or self._pid != os.getpid():
+                session = requests.Session()
+                adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self._pool_size, max_retries=0)
+                session.mount("https://", adapter)
+                session.mount("http://", adapter)
+                session.headers["User-Agent"] = "mobyt-worker"
+                self._session, self._pid = session, os.getpid()
+            return self._session
+
+    def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
+        parts = urlsplit(url)
+        where = f"POST {parts.hostname}{parts.path}"  # never the query, never the body
+        try:
+            response = self._get_session().post(url, data=dict(data), timeout=timeout, allow_redirects=False)
+            body = response.content.decode("utf-8", errors="replace")  # the seed says UTF-8
+        except requests.exceptions.RequestException as exc:
+            raise _map_exception(exc, where) from None
+        check_status(response.status_code, where)
+        return HttpResponse(response.status_code, body)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None and self._pid == os.getpid():
+                self._session.close()
+            self._session = None
+
+
+def _map_exception(exc: requests.exceptions.RequestException, where: str) -> errors.MobytError:
+    """Our own message, built from the host and path only (never ``str(exc)``)."""
+    rex = requests.exceptions
+    if isinstance(exc, rex.ConnectTimeout):
+        return errors.ProviderConnectError(f"{where}: connect timed out")
+    if isinstance(exc, rex.ReadTimeout):
+        return errors.ProviderTimeout(f"{where}: no answer in time")
+    if isinstance(exc, (rex.InvalidURL, rex.MissingSchema, rex.InvalidSchema)):
+        return errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL")
+    if isinstance(exc, rex.SSLError):
+        return errors.ProviderConnectError(f"{where}: TLS handshake failed")
+    if isinstance(exc, rex.ChunkedEncodingError):
+        return errors.ProviderDisconnected(f"{where}: connection dropped while reading the answer")
+    if isinstance(exc, rex.ContentDecodingError):
+        return errors.ProviderBadResponse(f"{where}: undecodable answer")
+    if isinstance(exc, rex.ConnectionError):
+        inner = exc.args[0] if exc.args else None
+        if isinstance(getattr(inner, "reason", None), NewConnectionError) or isinstance(inner, ClosedPoolError):
+            return errors.ProviderConnectError(f"{where}: cannot connect")  # nothing was sent
+        return errors.ProviderDisconnected(f"{where}: connection dropped after sending")
+    return errors.ProviderDisconnected(f"{where}: {type(exc).__name__}")
+
+
+class MobytClient:
+    """One method per provider function; answers decoded into :mod:`protocol` values."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport | None = None,
+        *,
+        read_attempts: int = 4,
+        backoff_max: float = 8.0,
+        on_request: Callable[[str, float, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._owns_transport = transport is None
+        self._transport: Transport = transport if transport is not None else RequestsTransport(settings.pool_size)
+        self._on_request = on_request
+        wait = wait_random_exponential(multiplier=0.25, max=backoff_max)
+        stop = stop_after_attempt(read_attempts)
+        self._retry_reads = Retrying(
+            retry=retry_if_exception_type(errors.ProviderUnavailable), wait=wait, stop=stop,
+            reraise=True, before_sleep=_log_retry,
+        )
+        self._retry_unsent = self._retry_reads.copy(retry=retry_if_exception_type(errors.ProviderConnectError))
+
+    def __repr__(self) -> str:
+        return f"MobytClient(login={self.settings.login!r}, base_url={self.settings.base_url!r})"
+
+    def __enter__(self) -> MobytClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- the eight provider functions ------------------------------------------------
+
+    def send_sms(self, request: SendRequest) -> SendReceipt:
+        """ONE attempt: a repeated SENDSMS is a second billed SMS."""
+        params = {
+            "message_type": request.message_type,
+            "recipient": ",".join(request.recipients),
+            "message": request.message,
+        }
+        if request.sender is not None:
+            params["sender"] = request.sender
+        if request.scheduled_at is not None:
+            params["scheduled_delivery_time"] = protocol.format_date(request.scheduled_at, self.settings.timezone)
+        if request.order_id is not None:
+            params["order_id"] = request.order_id
+        if request.return_credits:
+            params["returnCredits"] = "true"
+        return self._call("SENDSMS", params, protocol.decode_send, None)
+
+    def sms_status(self, order_id: str) -> list[RecipientStatus]:
+        params = {"order_id": validate_order_id(order_id)}
+        return self._call("SMSSTATUS", params, self._tz(protocol.decode_status), self._retry_reads)
+
+    def remove_delayed(self, order_id: str) -> None:
+        params = {"order_id": validate_order_id(order_id)}
+        self._call("REMOVE_DELAYED", params, protocol.decode_ok, self._retry_reads)
+
+    def sms_history(self, date_from: datetime, date_to: datetime) -> list[HistoryRow]:
+        params = dict(zip(("from", "to"), self._dates(date_from, date_to)))
+        return self._call("SMSHISTORY", params, self._tz(protocol.decode_history), self._retry_reads)
+
+    def credits(self) -> list[CreditRow]:
+        return self._call("CREDITS", {}, protocol.decode_credits, self._retry_reads)
+
+    def new_messages(self) -> list[InboundMessage]:
+        """Destructive read: retried only if the request never left (reconcile otherwise)."""
+        return self._call("SRNEWMESSAGES", {}, self._tz(protocol.decode_inbox), self._retry_unsent)
+
+    def inbox_history(self, date_from: datetime, date_to: datetime) -> list[InboundMessage]:
+        params = dict(zip(("date_from", "date_to"), self._dates(date_from, date_to)))
+        return self._call("SRHISTORY", params, self._tz(protocol.decode_inbox), self._retry_reads)
+
+    def inbox_since(self, message_id: int) -> list[InboundMessage]:
+        """Inbox rows with an id greater than ``message_id`` (0 = all)."""
+        if isinstance(message_id, bool) or not isinstance(message_id, int) or message_id < 0:
+            raise errors.InvalidInput("id", "must be an integer >= 0")
+        params = {"id": str(message_id)}
+        return self._call("SRHISTORYBYID", params, self._tz(protocol.decode_inbox), self._retry_reads)
+
+    def close(self) -> None:
+        """Close the transport if this client made it (an injected one belongs to the caller)."""
+        if self._owns_transport:
+            self._transport.close()  # type: ignore[attr-defined]
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _tz(self, decode: Callable[[str, ZoneInfo], T]) -> Callable[[str], T]:
+        return lambda body: decode(body, self.settings.timezone)
+
+    def _dates(self, date_from: datetime, date_to: datetime) -> tuple[str, str]:
+        for name, value in (("date_from", date_from), ("date_to", date_to)):
+            if not isinstance(value, datetime) or value.utcoffset() is None:
+                raise errors.InvalidInput(name, "must be a timezone-aware datetime")
+        if date_to < date_from:
+            raise errors.InvalidInput("date_to", "must not be before date_from")
+        tz = self.settings.timezone
+        return protocol.format_date(date_from, tz), protocol.format_date(date_to, tz)
+
+    def _call(self, function: str, params: Mapping[str, str], decode: Callable[[str], T], retrying: Retrying | None) -> T:
+        self.settings.require_credentials()
+        data = {"login": self.settings.login, "password": self.settings.password.reveal(), **params}
+        url = self.settings.url_for(function)
+        if retrying is None:
+            return self._attempt(function, url, data, decode)
+        return retrying(self._attempt, function, url, data, decode)
+
+    def _attempt(self, function: str, url: str, data: Mapping[str, str], decode: Callable[[str], T]) -> T:
+        """One HTTP exchange, timed and reported (function, ms, outcome; never params)."""
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            response = self._transport.post(url, data, (self.settings.connect_timeout, self.settings.read_timeout))
+            check_status(response.status, f"POST {function}")
+            return decode(response.text)
+        except errors.ProviderRejected:
+            outcome = "rejected"
+            raise
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            log.debug("mobyt %s %.0fms %s", function, elapsed * 1000, outcome)
+            if self._on_request is not None:
+                self._on_request(function, elapsed, outcome)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.info("mobyt retry after attempt %d (%s), next in %.2fs", state.attempt_number, type(exc).__name__, wait)
