@@ -87,6 +87,8 @@ class Settings:
     stream_maxlen: int = 100_000
     order_ttl: int = 30 * 24 * 3600
     poll_tick: float = 5.0
+    poll_intervals: tuple[float, ...] = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+    send_retry_max: float = 60.0
     poll_batch: int = 500
     inbox_interval: float = 30.0
     reconcile_interval: float = 300.0
@@ -157,6 +159,8 @@ class Settings:
             stream_maxlen=get("MOBYT_STREAM_MAXLEN", _positive(int), d.stream_maxlen),
             order_ttl=get("MOBYT_ORDER_TTL", _positive(int), d.order_ttl),
             poll_tick=get("MOBYT_POLL_TICK", _positive(float), d.poll_tick),
+            poll_intervals=get("MOBYT_POLL_INTERVALS", _intervals, d.poll_intervals),
+            send_retry_max=get("MOBYT_SEND_RETRY_MAX", _positive(float), d.send_retry_max),
             poll_batch=get("MOBYT_POLL_BATCH", _positive(int), d.poll_batch),
             inbox_interval=get("MOBYT_INBOX_INTERVAL", _positive(float), d.inbox_interval),
             reconcile_interval=get("MOBYT_RECONCILE_INTERVAL", _positive(float), d.reconcile_interval),
@@ -204,6 +208,13 @@ def _choice(*allowed: str) -> Callable[[str], str]:
         raise ValueError(f"must be one of {', '.join(allowed)}")
 
     return convert
+
+
+def _intervals(raw: str) -> tuple[float, ...]:
+    values = tuple(float(part) for part in raw.split(","))
+    if not values or any(v <= 0 for v in values):
+        raise ValueError("must be a comma-separated list of positive seconds")
+    return values
 
 
 def _http_url(name: str) -> Callable[[str], str]:

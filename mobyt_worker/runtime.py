@@ -1,0 +1,53 @@
+"""The per-process objects every entry point shares: settings, Redis, store, provider client.
+
+Workers, the web receiver and the CLI each build one :class:`Runtime` from their
+settings; the HTTP session and the Redis connection pool are created once per
+process (never per task) and shared by all threads.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import redis
+
+from .client import MobytClient
+from .config import Settings
+from .optouts import OptOuts
+from .ratelimit import RateLimiter
+from .store import OrderStore, connect
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return connect(self.settings.redis_url)
+
+    @cached_property
+    def store(self) -> OrderStore:
+        s = self.settings
+        return OrderStore(self.redis, s.key_prefix, ttl=s.order_ttl, stream_maxlen=s.stream_maxlen,
+                          poll_intervals=s.poll_intervals)
+
+    @cached_property
+    def optouts(self) -> OptOuts:
+        return OptOuts(self.redis, self.settings.key_prefix)
+
+    @cached_property
+    def send_limiter(self) -> RateLimiter | None:
+        """SENDSMS calls per second across all workers (MOBYT_SEND_RATE_LIMIT, 0 = off)."""
+        rate = self.settings.send_rate_limit
+        return RateLimiter(self.redis, f"{self.settings.key_prefix}:ratelimit:send", rate) if rate else None
+
+    @cached_property
+    def client(self) -> MobytClient:
+        return MobytClient(self.settings)
+
+    def close(self) -> None:
+        if "client" in self.__dict__:
+            self.client.close()
+        if "redis" in self.__dict__:
+            self.redis.close()

@@ -1,0 +1,316 @@
+"""Celery tasks with stable public names: validate, call the provider, record in Redis.
+
+Exactly-once sending (SPEC §4) rests on three facts: the ``order_id`` is fixed before
+the first attempt (given by the caller, or derived from the Celery task id, which a
+redelivery or a retry keeps); the order record in Redis says whether an attempt may
+have reached the provider; and an attempt that may have reached it is resolved by
+asking SMSSTATUS, never by sending again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import Task
+
+from . import sms
+from .errors import (
+    InvalidInput,
+    OrderNotCancellable,
+    OrderNotFound,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from .runtime import Runtime
+from .store import ACCEPTED, CANCELLED, OPEN_STATES, SCHEDULED, SENDING, UNSENT
+from .worker import QUEUE, app
+
+log = logging.getLogger(__name__)
+
+SEND_MAX_RETRIES = 12
+
+
+def _runtime() -> Runtime:
+    return app.runtime  # type: ignore[attr-defined]
+
+
+def _backoff(retries: int, cap: float, base: float = 1.0) -> float:
+    """Exponential backoff with full jitter (between half and all of the step)."""
+    step = min(cap, base * 2 ** retries)
+    return random.uniform(step / 2, step)
+
+
+def order_id_for_task(task_id: str) -> str:
+    """A provider-valid order id (≤32 alphanumerics) that every redelivery of the task shares."""
+    plain = task_id.replace("-", "")
+    if re.fullmatch(r"[A-Za-z0-9]{1,32}", plain):
+        return plain
+    return hashlib.sha256(task_id.encode()).hexdigest()[:32]
+
+
+def chunk_order_id(batch_id: str, index: int) -> str:
+    """Deterministic order id of chunk ``index`` of a bulk send."""
+    return hashlib.sha256(f"{batch_id}:{index}".encode()).hexdigest()[:32]
+
+
+def _emit(changes: list[dict[str, Any]]) -> None:
+    """Hand each status change to the configured event task, if any."""
+    name = _runtime().settings.event_task
+    if name:
+        for change in changes:
+            app.send_task(name, kwargs={"event": change})
+
+
+# --- send --------------------------------------------------------------------------------
+
+
+@app.task(name="mobyt.send_sms", bind=True, max_retries=SEND_MAX_RETRIES)
+def send_sms(
+    self: Task,
+    recipients: list[str] | str,
+    message: str,
+    message_type: str | None = None,
+    sender: str | None = None,
+    scheduled_at: str | None = None,
+    order_id: str | None = None,
+    return_credits: bool = False,
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    rt = _runtime()
+    s = rt.settings
+    request = sms.build_send_request(
+        recipients=recipients, message=message,
+        message_type=message_type or s.default_message_type,
+        sender=sender if sender is not None else s.default_sender,
+        scheduled_at=scheduled_at, order_id=order_id, return_credits=return_credits,
+        country=s.country, tz=s.timezone, now=datetime.now(timezone.utc), non_gsm=s.non_gsm,
+    )
+    rt.optouts.check(request.recipients)  # STOP is honoured before any HTTP call
+    order_id = request.order_id or order_id_for_task(self.request.id)
+    if len(request.recipients) > s.bulk_chunk_size:
+        return _split_bulk(self, request, batch_id=order_id)
+    return _send_once(self, request, order_id, batch_id)
+
+
+def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str, Any]:
+    """One order per chunk, all tied to ``batch_id``; chunk ids are deterministic, so a
+    redelivered bulk task enqueues the same chunks and each is still sent once."""
+    size = _runtime().settings.bulk_chunk_size
+    chunks = [request.recipients[i:i + size] for i in range(0, len(request.recipients), size)]
+    order_ids = [chunk_order_id(batch_id, i) for i in range(len(chunks))]
+    _runtime().store.record_batch(batch_id, order_ids)
+    for oid, chunk in zip(order_ids, chunks):
+        send_sms.apply_async(
+            kwargs={
+                "recipients": list(chunk), "message": request.message, "message_type": request.message_type,
+                "sender": request.sender, "order_id": oid, "return_credits": request.return_credits,
+                "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
+                "batch_id": batch_id,
+            },
+            task_id=f"{batch_id}-{oid}", queue=QUEUE,
+        )
+    return {"order_id": batch_id, "batch_id": batch_id, "orders": order_ids,
+            "recipients": len(request.recipients), "credits": request.credits, "status": "batched"}
+
+
+def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: str | None) -> dict[str, Any]:
+    rt = _runtime()
+    store, s = rt.store, rt.settings
+    meta = {
+        "message_type": request.message_type, "sender": request.sender, "batch_id": batch_id,
+        "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
+        "parts": request.length.parts, "credits": request.credits, "task_id": task.request.id,
+        "recipient_count": len(request.recipients),
+    }
+    lock_seconds = s.connect_timeout + s.read_timeout + 30
+    verdict, state, token = store.claim_send(order_id, meta, lock_seconds=lock_seconds)
+    if verdict == "busy":
+        raise task.retry(countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
+    if verdict == "done":
+        return _send_result(order_id, request, state)
+    try:
+        if verdict == "resolve" and _already_accepted(order_id, request):
+            return _send_result(order_id, request, store.get_order(order_id, with_history=False).state)
+        return _attempt(task, request, order_id)
+    finally:
+        store.release_send(order_id, token)
+
+
+def _already_accepted(order_id: str, request: sms.SendRequest) -> bool:
+    """Resolve an attempt whose outcome is unknown: did the provider get it?"""
+    rt = _runtime()
+    try:
+        rows = rt.client.sms_status(order_id)
+    except ProviderRejected:
+        rows = []  # the provider does not know this order: it was never accepted
+    if not rows:
+        rt.store.mark_unsent(order_id, ProviderRejected("not known to the provider after an ambiguous attempt"))
+        return False
+    log.info("order %s: earlier ambiguous attempt was accepted by the provider", order_id)
+    _record_acceptance(request, order_id, credits=None)
+    rt.store.apply_statuses(order_id, rows, source="poll")
+    return True
+
+
+def _attempt(task: Task, request: sms.SendRequest, order_id: str) -> dict[str, Any]:
+    rt = _runtime()
+    store, s = rt.store, rt.settings
+    if rt.send_limiter is not None:
+        rt.send_limiter.acquire(cost=1, timeout=s.task_time_limit)
+    try:
+        receipt = rt.client.send_sms(_with_order_id(request, order_id))
+    except ProviderRejected as exc:
+        store.mark_failed(order_id, exc)
+        log.warning("order %s refused by the provider: %s", order_id, exc)
+        raise
+    except ProviderUnavailable as exc:
+        if exc.ambiguous:
+            store.note_error(order_id, exc)  # stays 'sending': the next try asks SMSSTATUS first
+        else:
+            store.mark_unsent(order_id, exc)
+        log.warning("order %s: transient failure (%s), retry %d", order_id, type(exc).__name__,
+                    task.request.retries + 1)
+        if task.request.retries >= SEND_MAX_RETRIES:
+            store.reschedule_poll(order_id, s.poll_intervals[0])  # the poller settles it
+        raise task.retry(exc=exc, countdown=_backoff(task.request.retries, s.send_retry_max))
+    credits = receipt.count if request.return_credits else None
+    state = _record_acceptance(request, order_id, credits=credits)
+    return _send_result(order_id, request, state, credits=credits)
+
+
+def _with_order_id(request: sms.SendRequest, order_id: str) -> sms.SendRequest:
+    return replace(request, order_id=order_id)
+
+
+def _record_acceptance(request: sms.SendRequest, order_id: str, credits: int | None) -> str:
+    rt = _runtime()
+    first = rt.settings.poll_intervals[0]
+    start = request.scheduled_at.timestamp() if request.scheduled_at else time.time()
+    fields = {"credits": credits} if credits is not None else None
+    return rt.store.mark_accepted(order_id, scheduled=request.scheduled_at is not None,
+                                  recipients=request.recipients, first_poll_at=start + first, fields=fields)
+
+
+def _send_result(order_id: str, request: sms.SendRequest, state: str, credits: int | None = None) -> dict[str, Any]:
+    status = {SCHEDULED: "scheduled"}.get(state, "accepted" if state not in (UNSENT, SENDING) else state)
+    return {"order_id": order_id, "recipients": list(request.recipients),
+            "credits": credits if credits is not None else request.credits, "status": status}
+
+
+# --- status ----------------------------------------------------------------------------
+
+
+@app.task(name="mobyt.poll_due")
+def poll_due() -> dict[str, int]:
+    """Beat tick: claim the orders whose poll is due and enqueue one poll each."""
+    rt = _runtime()
+    s = rt.settings
+    lease = max(60.0, 2 * (s.connect_timeout + s.read_timeout))
+    ids = rt.store.claim_due(limit=s.poll_batch, lease=lease)
+    for oid in ids:
+        poll_status.apply_async(kwargs={"order_id": oid}, queue=QUEUE, expires=lease)
+    return {"enqueued": len(ids)}
+
+
+@app.task(name="mobyt.poll_status")
+def poll_status(order_id: str) -> dict[str, Any]:
+    """One status check of one order; returns the order record."""
+    rt = _runtime()
+    store = rt.store
+    record = store.get_order(order_id, with_history=False)
+    if record is None:
+        raise OrderNotFound(order_id)
+    if record.state in (SENDING, UNSENT):
+        _settle_unfinished_send(order_id, record.state)
+    elif record.state in OPEN_STATES:
+        created = datetime.fromisoformat(record.created_at).timestamp()
+        if time.time() - created > rt.settings.order_ttl:
+            store.expire_order(order_id)
+        else:
+            try:
+                rows = rt.client.sms_status(order_id)
+            except (ProviderUnavailable, ProviderRejected) as exc:
+                store.note_error(order_id, exc)
+                store.reschedule_poll(order_id, rt.settings.poll_intervals[min(record.polls, len(rt.settings.poll_intervals) - 1)])
+                raise
+            changes = store.apply_statuses(order_id, rows, source="poll")
+            if isinstance(changes, list):
+                _emit(changes)
+    return store.get_order(order_id, with_history=False).to_dict()
+
+
+def _settle_unfinished_send(order_id: str, state: str) -> None:
+    """A send whose task gave up: accepted if the provider knows it, else failed (not billed)."""
+    rt = _runtime()
+    if rt.redis.exists(rt.store.keys.send_lock(order_id)):
+        rt.store.reschedule_poll(order_id, rt.settings.poll_intervals[0])
+        return
+    rows = []
+    if state == SENDING:
+        try:
+            rows = rt.client.sms_status(order_id)
+        except ProviderRejected:
+            rows = []
+    if rows:
+        record = rt.store.get_order(order_id, with_history=False)
+        rt.store.mark_accepted(order_id, scheduled=False, recipients=[r.recipient for r in rows],
+                               first_poll_at=time.time())
+        rt.store.apply_statuses(order_id, rows, source="poll")
+        log.info("order %s: settled as accepted (was %s, %d attempts)", order_id, state, record.attempts)
+    else:
+        rt.store.mark_failed(order_id, ProviderRejected("the send could not be completed; nothing was billed"))
+
+
+# --- cancel and history ---------------------------------------------------------------------
+
+
+@app.task(name="mobyt.cancel")
+def cancel(order_id: str) -> dict[str, Any]:
+    """REMOVE_DELAYED for a scheduled order; refuses anything else with a clear error."""
+    rt = _runtime()
+    order_id = sms.validate_order_id(order_id)
+    record = rt.store.get_order(order_id, with_history=False)
+    if record is None:
+        raise OrderNotFound(order_id)
+    if record.state == CANCELLED:
+        return record.to_dict()
+    if record.state != SCHEDULED:
+        raise OrderNotCancellable(order_id, f"it is {record.state}, not scheduled")
+    if record.scheduled_at and datetime.fromisoformat(record.scheduled_at) <= datetime.now(timezone.utc):
+        raise OrderNotCancellable(order_id, f"its scheduled time {record.scheduled_at} has passed")
+    rt.client.remove_delayed(order_id)
+    rt.store.mark_cancelled(order_id)
+    return rt.store.get_order(order_id, with_history=False).to_dict()
+
+
+@app.task(name="mobyt.sms_history")
+def sms_history(date_from: str, date_to: str) -> list[dict[str, Any]]:
+    """SMSHISTORY between two ISO-8601 instants (with offsets)."""
+    start, end = parse_period(date_from, date_to)
+    return [_jsonable(row) for row in _runtime().client.sms_history(start, end)]
+
+
+def parse_period(date_from: str, date_to: str) -> tuple[datetime, datetime]:
+    values = []
+    for name, raw in (("date_from", date_from), ("date_to", date_to)):
+        try:
+            value = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(name, f"{raw!r} is not an ISO-8601 date") from None
+        if value.tzinfo is None:
+            raise InvalidInput(name, "needs a UTC offset, e.g. 2026-01-31T00:00:00+01:00")
+        values.append(value)
+    if values[0] > values[1]:
+        raise InvalidInput("date_from", "is after date_to")
+    return values[0], values[1]
+
+
+def _jsonable(row: Any) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(row).items()}

@@ -1,0 +1,78 @@
+"""The Celery app: Redis broker and result backend, configured so that nothing is lost.
+
+Run with ``celery -A mobyt_worker.worker worker`` (see the Procfile). Settings come
+from the environment once, at import.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery
+
+from .config import Settings
+from .runtime import Runtime
+
+#: All our tasks go to this queue; producers must name it (the helper in producer.py does).
+QUEUE = "mobyt"
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("mobyt", include=["mobyt_worker.tasks"])
+    vt = settings.visibility_timeout
+    app.conf.update(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        # JSON only: tasks are called by name from other languages/services; no pickle.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue=QUEUE,
+        # Ack after the task ran, and requeue if the worker died mid-task: a SIGKILLed
+        # send is redelivered. Safe because every task is idempotent (order records).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message per thread in advance: with acks_late, prefetched messages wait
+        # unacked in this process; keeping few of them bounds what a crash delays.
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            # A message unacked this long is handed to another worker. It must exceed the
+            # longest task plus any countdown we use (retries cap at send_retry_max, and
+            # polls are driven by the due-set in Redis, never by long ETAs).
+            "visibility_timeout": vt,
+            # Look for such messages every vt/10 s (kombu's default is every ~100 s).
+            "unacked_restore_interval": max(1, min(10, vt // 10)),
+            "unacked_restore_throttle": 1,
+            "health_check_interval": 15,
+        },
+        result_backend_transport_options={"retry_policy": {"timeout": 10.0}},
+        redis_backend_health_check_interval=15,
+        redis_retry_on_timeout=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_pool_limit=max(10, settings.worker_concurrency),
+        result_expires=timedelta(days=1),
+        # Enforced by prefork/gevent pools; the threads pool relies on HTTP timeouts.
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - 15),
+        worker_concurrency=settings.worker_concurrency,
+        worker_pool="threads",
+        task_track_started=False,
+        enable_utc=True,
+        timezone="UTC",
+        beat_scheduler="redbeat.RedBeatScheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix=f"{settings.key_prefix}:beat",
+        beat_schedule={
+            "poll-due-orders": {
+                "task": "mobyt.poll_due",
+                "schedule": timedelta(seconds=settings.poll_tick),
+                "options": {"queue": QUEUE, "expires": max(settings.poll_tick * 2, 10)},
+            },
+        },
+    )
+    app.runtime = Runtime(settings)  # type: ignore[attr-defined]
+    return app
+
+
+app = create_app(Settings.from_env())
