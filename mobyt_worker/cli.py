@@ -1,0 +1,316 @@
+"""The ``mobyt`` command: call the provider directly, or run the built-in simulator.
+
+Every subcommand is one small function registered in :data:`COMMANDS` (name, help,
+arguments, run); add a subcommand by adding a row. Output is aligned columns for
+humans, or one JSON document on stdout with ``--json`` (dates in ISO-8601).
+Settings come from the environment (``MOBYT_LOGIN``, ``MOBYT_PASSWORD``,
+``MOBYT_BASE_URL``... and ``.env``).
+
+Exit codes:
+  0  ok
+  1  anything else
+  2  bad input: an invalid argument (named), a configuration error, a usage error
+  3  the provider refused the request (KO|code|message, HTTP 4xx)
+  4  transient failure (timeout, connection, HTTP 5xx, unreadable answer): try again;
+     for ``send`` the SMS may have gone out: check with ``mobyt status ORDER_ID``
+
+Errors are one line on stderr (a JSON object with ``--json``), never a traceback for
+known errors, never the password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Callable, Sequence
+
+from . import errors
+from .client import MobytClient
+from .config import Settings
+from .sms import build_send_request
+
+EPILOG = "exit codes: 0 ok, 1 other error, 2 bad input or configuration, 3 provider refused, 4 transient failure (retry)"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``arguments`` fills its parser, ``run`` returns the exit code."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# --- output --------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, enums and dates as JSON-ready values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Aligned columns, two spaces apart; '-' for empty cells."""
+    cells = [list(headers)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def emit(args: argparse.Namespace, data: Any, human: str) -> int:
+    print(json.dumps(_plain(data), ensure_ascii=False, indent=2) if args.json else human)
+    return 0
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _client(settings: Settings | None = None) -> MobytClient:
+    return MobytClient(settings or _settings())
+
+
+def _when(raw: str, field: str, settings: Settings) -> datetime:
+    """ISO-8601 date or date-time; without an offset it is the provider's local time."""
+    try:
+        value = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise errors.InvalidInput(field, f"{raw[:40]!r} is not an ISO-8601 date-time") from None
+    return value if value.utcoffset() is not None else value.replace(tzinfo=settings.timezone)
+
+
+# --- subcommands ---------------------------------------------------------------------
+
+
+def _send_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", action="append", required=True, metavar="NUM", help="recipient (repeatable, or a comma list)")
+    p.add_argument("--message", required=True, metavar="TEXT")
+    p.add_argument("--sender", metavar="S", help="1-11 letters/digits (default: MOBYT_DEFAULT_SENDER)")
+    p.add_argument("--type", dest="message_type", metavar="N|L", help="N = SMS Top, L = SMS Direct")
+    p.add_argument("--at", metavar="ISO", help="schedule, e.g. 2030-01-01T09:00:00+01:00")
+    p.add_argument("--order-id", metavar="ID", help="1-32 letters/digits (default: a new random id)")
+    p.add_argument("--return-credits", action="store_true", help="ask for the credits used")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """SENDSMS, once. The order id is fixed before the request so an unclear outcome
+    can be checked with ``mobyt status`` instead of sending again."""
+    settings = _settings()
+    request = build_send_request(
+        recipients=[n for item in args.to for n in item.split(",")],
+        message=args.message,
+        message_type=args.message_type or settings.default_message_type,
+        sender=args.sender if args.sender is not None else settings.default_sender,
+        scheduled_at=args.at,
+        order_id=args.order_id or uuid.uuid4().hex,
+        return_credits=args.return_credits,
+        country=settings.country,
+        tz=settings.timezone,
+        now=datetime.now(settings.timezone),
+        non_gsm=settings.non_gsm,
+    )
+    with _client(settings) as client:
+        try:
+            receipt = client.send_sms(request)
+        except errors.ProviderUnavailable as exc:
+            if not exc.ambiguous:
+                raise
+            hint = f"order {request.order_id} may have been sent: check with `mobyt status {request.order_id}`"
+            raise type(exc)(f"{exc.message}; {hint}", exc.code) from None
+    data = {
+        "order_id": receipt.order_id,
+        "recipients": list(request.recipients),
+        "status": "scheduled" if request.scheduled_at else "accepted",
+        "scheduled_at": request.scheduled_at,
+        "credits": receipt.count if request.return_credits else None,
+        "accepted_recipients": None if request.return_credits else receipt.count,
+        "parts": request.length.parts,
+    }
+    counted = ("credits", receipt.count) if request.return_credits else ("recipients", receipt.count)
+    human = table(["order_id", "status", counted[0], "scheduled_at"],
+                  [[receipt.order_id, data["status"], counted[1], request.scheduled_at]])
+    return emit(args, data, human)
+
+
+def _order_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("order_id", metavar="ORDER_ID")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client() as client:
+        rows = client.sms_status(args.order_id)
+    data = {"order_id": args.order_id, "recipients": [
+        {**_plain(r), "final": r.status.is_final} for r in rows]}
+    human = table(["recipient", "status", "final", "delivered_at"],
+                  [[r.recipient, r.status, r.status.is_final, r.delivered_at] for r in rows])
+    return emit(args, data, human)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client() as client:
+        client.remove_delayed(args.order_id)
+    return emit(args, {"order_id": args.order_id, "cancelled": True}, f"cancelled {args.order_id}")
+
+
+def _range_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--from", dest="date_from", metavar="ISO", required=required,
+                   help="start (ISO-8601; without offset: provider local time)")
+    p.add_argument("--to", dest="date_to", metavar="ISO", required=required, help="end (ISO-8601)")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = _settings()
+    start, end = _when(args.date_from, "from", settings), _when(args.date_to, "to", settings)
+    with _client(settings) as client:
+        rows = client.sms_history(start, end)
+    human = table(["order_id", "created_at", "type", "sender", "recipients", "scheduled_at"],
+                  [dataclasses.astuple(r) for r in rows])
+    return emit(args, rows, human)
+
+
+def cmd_credits(args: argparse.Namespace) -> int:
+    with _client() as client:
+        rows = client.credits()
+    return emit(args, rows, table(["type", "nation", "available"], [dataclasses.astuple(r) for r in rows]))
+
+
+def _inbox_arguments(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--new", action="store_true",
+                       help="SRNEWMESSAGES: only messages not read yet (consumes them)")
+    which.add_argument("--since", type=int, metavar="ID", help="SRHISTORYBYID: ids greater than ID (default 0: all)")
+    _range_arguments(p, required=False)
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    settings = _settings()
+    ranged = args.date_from is not None or args.date_to is not None
+    if ranged and (args.new or args.since is not None):
+        raise errors.InvalidInput("from", "--from/--to cannot be combined with --new or --since")
+    if ranged and (args.date_from is None or args.date_to is None):
+        raise errors.InvalidInput("to" if args.date_to is None else "from", "--from and --to go together")
+    with _client(settings) as client:
+        if args.new:
+            rows = client.new_messages()
+        elif ranged:
+            rows = client.inbox_history(_when(args.date_from, "from", settings), _when(args.date_to, "to", settings))
+        else:
+            rows = client.inbox_since(args.since or 0)
+    human = table(["id", "received_at", "sender", "receiver", "keyword", "text"],
+                  [[m.id, m.received_at, m.sender, m.receiver, m.keyword, m.text] for m in rows])
+    return emit(args, rows, human)
+
+
+def _simulator_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8089)
+    p.add_argument("--latency", type=float, default=0.0, metavar="S", help="seconds added to every answer")
+    p.add_argument("--delivery-delay", type=float, default=2.0, metavar="S", help="seconds until DLVRD")
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from . import simulator  # only this command needs the fake provider
+
+    simulator.serve(host=args.host, port=args.port, latency=args.latency, delivery_delay=args.delivery_delay)
+    return 0
+
+
+#: The subcommands, in ``--help`` order. Add a row to add a subcommand.
+COMMANDS: dict[str, Command] = {
+    "send": Command("send an SMS now (SENDSMS)", _send_arguments, cmd_send),
+    "status": Command("delivery status of an order (SMSSTATUS)", _order_arguments, cmd_status),
+    "cancel": Command("cancel a scheduled order (REMOVE_DELAYED)", _order_arguments, cmd_cancel),
+    "history": Command("orders sent between two dates (SMSHISTORY)", _range_arguments, cmd_history),
+    "credits": Command("available credits (CREDITS)", lambda p: None, cmd_credits),
+    "inbox": Command("received SMS (SRHISTORYBYID, SRNEWMESSAGES or SRHISTORY)", _inbox_arguments, cmd_inbox),
+    "simulator": Command("run the built-in fake provider", _simulator_arguments, cmd_simulator),
+}
+
+
+# --- entry point -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    description = "Call the Mobyt provider directly, or run the built-in simulator."
+    parser = argparse.ArgumentParser(prog="mobyt", description=description, epilog=EPILOG)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON on stdout (for scripts)")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sub = subs.add_parser(name, help=command.help, description=command.help, epilog=EPILOG, parents=[common])
+        command.arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def _failure(exc: BaseException) -> tuple[int, dict[str, str]]:
+    """Exit code and a one-line description for an error."""
+    if isinstance(exc, errors.InvalidInput):
+        return 2, {"error": "invalid_input", "field": exc.field, "message": exc.message}
+    if isinstance(exc, errors.ConfigError):
+        return 2, {"error": "config", "field": exc.variable, "message": exc.message}
+    if isinstance(exc, errors.ProviderRejected):
+        return 3, {"error": "rejected", "code": exc.code, "message": exc.message}
+    if isinstance(exc, errors.ProviderUnavailable):
+        return 4, {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
+    return 1, {"error": type(exc).__name__, "message": str(exc)}
+
+
+def _redact(text: str) -> str:
+    """Last line of defence: no error line ever shows the configured password."""
+    try:
+        secret = _settings().password.reveal()
+    except Exception:
+        return text
+    return text.replace(secret, "***") if secret else text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage error (2) or --help (0)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        code, info = _failure(exc)
+        if args.json:
+            line = json.dumps(info, ensure_ascii=False)
+        else:
+            where = info.get("field") or info.get("code")
+            line = f"mobyt {args.command}: {info['error']}" + (f" [{where}]" if where else "") + f": {info['message']}"
+        print(_redact(line), file=sys.stderr)
+        return code
