@@ -12,7 +12,7 @@ Exit codes:
   2  bad input: an invalid argument (named), a configuration error, a usage error
   3  the provider refused the request (KO|code|message, HTTP 4xx)
   4  transient failure (timeout, connection, HTTP 5xx, unreadable answer): try again;
-     for ``send`` the SMS may have gone out: check with ``mobyt status ORDER_ID``
+     after send, the SMS may have gone out: check with `mobyt status ORDER_ID`
 
 Errors are one line on stderr (a JSON object with ``--json``), never a traceback for
 known errors, never the password.
@@ -35,7 +35,8 @@ from .client import MobytClient
 from .config import Settings
 from .sms import build_send_request
 
-EPILOG = "exit codes: 0 ok, 1 other error, 2 bad input or configuration, 3 provider refused, 4 transient failure (retry)"
+#: The exit-code table of this docstring, shown by every ``--help``.
+EPILOG = __doc__[__doc__.index("Exit codes:") : __doc__.index("\n\nErrors are")] if __doc__ else ""
 
 
 @dataclass(frozen=True)
@@ -262,12 +263,15 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     description = "Call the Mobyt provider directly, or run the built-in simulator."
-    parser = argparse.ArgumentParser(prog="mobyt", description=description, epilog=EPILOG)
+    parser = argparse.ArgumentParser(
+        prog="mobyt", description=description, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON on stdout (for scripts)")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
-        sub = subs.add_parser(name, help=command.help, description=command.help, epilog=EPILOG, parents=[common])
+        sub = subs.add_parser(name, help=command.help, description=command.help, epilog=EPILOG, parents=[common],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
         command.arguments(sub)
         sub.set_defaults(run=command.run)
     return parser

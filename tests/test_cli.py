@@ -1,0 +1,214 @@
+"""The `mobyt` command, run in-process against the simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+
+from mobyt_worker import cli
+from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
+
+LOGIN = "acme"
+PASSWORD = "cli-s3cr3t|;pw"
+NUMBERS = ["+33612345671", "+33698765432"]  # last digits 1, 2: delivered (simulator rule)
+
+
+@pytest.fixture
+def sim():
+    simulator = ProviderSimulator(login=LOGIN, password=PASSWORD, delivery_delay=0.0)
+    yield simulator
+    simulator.close()
+
+
+@pytest.fixture
+def server(sim):
+    server = SimulatorServer(sim).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def env(server, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in {
+        "MOBYT_LOGIN": LOGIN,
+        "MOBYT_PASSWORD": PASSWORD,
+        "MOBYT_BASE_URL": server.url,
+        "MOBYT_CONNECT_TIMEOUT": "1",
+        "MOBYT_READ_TIMEOUT": "2",
+        "MOBYT_TIMEZONE": "Europe/Paris",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert PASSWORD not in out and PASSWORD not in err
+    return code, out, err
+
+
+def send_args(*extra: str) -> list[str]:
+    return ["send", "--to", NUMBERS[0], "--to", NUMBERS[1], "--message", "Bonjour | 100%", "--sender", "ACME", *extra]
+
+
+def test_send_then_status(capsys, sim):
+    code, out, err = run(capsys, *send_args("--order-id", "CLI1"))
+    assert (code, err) == (0, "")
+    assert "CLI1" in out and "accepted" in out
+    assert out.splitlines()[0].split() == ["order_id", "status", "recipients", "scheduled_at"]
+
+    code, out, err = run(capsys, "status", "CLI1")
+    assert (code, err) == (0, "")
+    header, *rows = out.splitlines()
+    assert header.split() == ["recipient", "status", "final", "delivered_at"]
+    assert sorted(row.split()[0] for row in rows) == sorted(NUMBERS)
+    column = header.index("status")  # aligned: every status starts under its header
+    assert all(row[column:].split()[0] in ("DLVRD", "WAITING", "WAIT4DLVR") for row in rows)
+    assert sim.count("SENDSMS") == 1
+
+
+def test_send_then_status_json(capsys):
+    code, out, _ = run(capsys, *send_args("--json", "--order-id", "CLI2", "--return-credits"))
+    assert code == 0
+    data = json.loads(out)
+    assert data["order_id"] == "CLI2"
+    assert data["recipients"] == NUMBERS
+    assert data["status"] == "accepted"
+    assert data["credits"] == 2
+
+    code, out, _ = run(capsys, "status", "CLI2", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["order_id"] == "CLI2"
+    assert sorted(r["recipient"] for r in data["recipients"]) == sorted(NUMBERS)
+    for row in data["recipients"]:
+        assert isinstance(row["status"], str) and isinstance(row["final"], bool)
+        if row["delivered_at"] is not None:
+            assert datetime.fromisoformat(row["delivered_at"]).utcoffset() is not None
+
+
+def test_send_without_order_id_makes_one_before_sending(capsys, sim):
+    code, out, _ = run(capsys, *send_args("--json"))
+    assert code == 0
+    order_id = json.loads(out)["order_id"]
+    assert len(order_id) == 32 and order_id.isalnum()
+
+
+def test_scheduled_send_and_cancel(capsys):
+    at = (datetime.now().astimezone() + timedelta(days=1)).isoformat(timespec="seconds")
+    code, out, _ = run(capsys, *send_args("--json", "--order-id", "LATER", "--at", at))
+    assert code == 0
+    data = json.loads(out)
+    assert data["status"] == "scheduled"
+    assert datetime.fromisoformat(data["scheduled_at"]) == datetime.fromisoformat(at)
+    code, out, _ = run(capsys, "cancel", "LATER", "--json")
+    assert code == 0 and json.loads(out) == {"order_id": "LATER", "cancelled": True}
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["send", "--to", "12", "--message", "hi", "--sender", "ACME"], "recipients"),
+        (["send", "--to", NUMBERS[0], "--message", "hi", "--sender", "too long sender!"], "sender"),
+        (["send", "--to", NUMBERS[0], "--message", "hi", "--sender", "ACME", "--type", "X"], "message_type"),
+        (["send", "--to", NUMBERS[0], "--message", "hi", "--sender", "ACME", "--at", "2001-01-01T00:00:00+00:00"], "scheduled_at"),
+        (["send", "--to", NUMBERS[0], "--message", "hi", "--sender", "ACME", "--at", "tomorrow"], "scheduled_at"),
+        (["send", "--to", NUMBERS[0], "--message", "hi", "--sender", "ACME", "--order-id", "no-dashes"], "order_id"),
+        (["send", "--to", NUMBERS[0], "--message", "x" * 1001, "--sender", "ACME"], "message"),
+        (["status", "bad id!"], "order_id"),
+        (["history", "--from", "yesterday", "--to", "2024-01-01"], "from"),
+        (["inbox", "--from", "2024-01-01"], "to"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field_before_any_request(argv, field, capsys, sim):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert field in err
+    assert sum(sim.count(f) for f in ("SENDSMS", "SMSSTATUS", "SMSHISTORY", "SRHISTORY")) == 0
+
+
+def test_bad_input_json_error(capsys):
+    code, out, err = run(capsys, "send", "--json", "--to", "12", "--message", "hi", "--sender", "ACME")
+    assert code == 2 and out == ""
+    assert json.loads(err) | {"message": ""} == {"error": "invalid_input", "field": "recipients", "message": ""}
+
+
+def test_usage_error_exits_2(capsys):
+    code, _, err = run(capsys, "send", "--to", NUMBERS[0])
+    assert code == 2 and "--message" in err
+
+
+def test_missing_configuration_exits_2(capsys, monkeypatch, sim):
+    monkeypatch.delenv("MOBYT_PASSWORD")
+    code, _, err = run(capsys, "credits")
+    assert code == 2 and "MOBYT_PASSWORD" in err
+    assert sim.count("CREDITS") == 0
+
+
+def test_wrong_password_exits_3(capsys, monkeypatch):
+    monkeypatch.setenv("MOBYT_PASSWORD", "wrong")
+    code, out, err = run(capsys, "credits")
+    assert code == 3 and out == ""
+    assert "rejected [" in err and len(err.strip().splitlines()) == 1
+    assert "wrong" not in err
+    code, _, err = run(capsys, "credits", "--json")
+    info = json.loads(err)
+    assert code == 3 and info["error"] == "rejected" and info["code"] and info["message"]
+
+
+def test_transient_failure_exits_4(capsys, sim):
+    sim.inject_fault("SENDSMS", "http500")
+    code, out, err = run(capsys, *send_args("--order-id", "FAIL1"))
+    assert code == 4 and out == ""
+    assert "HTTP500" in err and "mobyt status FAIL1" in err  # ambiguous: check, do not resend
+    assert sim.count("SENDSMS") == 1
+
+
+def test_credits_history_inbox(capsys, sim):
+    assert run(capsys, *send_args("--order-id", "H1"))[0] == 0
+    code, out, _ = run(capsys, "credits")
+    assert code == 0 and out.split()[:3] == ["type", "nation", "available"]
+    code, out, _ = run(capsys, "credits", "--json")
+    assert code == 0 and {"message_type", "nation", "available"} <= set(json.loads(out)[0])
+
+    day = datetime.now().astimezone()
+    span = ["--from", (day - timedelta(hours=1)).isoformat(), "--to", (day + timedelta(hours=1)).isoformat()]
+    code, out, _ = run(capsys, "history", *span, "--json")
+    assert code == 0 and "H1" in [row["order_id"] for row in json.loads(out)]
+    code, out, _ = run(capsys, "history", *span)
+    assert code == 0 and "H1" in out
+
+    sim.add_inbound("+33611111111", "Stop|now; merci")
+    code, out, _ = run(capsys, "inbox", "--json")
+    assert code == 0
+    (msg,) = json.loads(out)
+    assert msg["text"] == "Stop|now; merci" and datetime.fromisoformat(msg["received_at"])
+    code, out, _ = run(capsys, "inbox", "--since", str(msg["id"]))
+    assert code == 0 and out.strip().split() == ["id", "received_at", "sender", "receiver", "keyword", "text"]
+    code, out, _ = run(capsys, "inbox", *span)
+    assert code == 0 and "Stop|now; merci" in out
+    code, out, _ = run(capsys, "inbox", "--new", "--json")
+    assert code == 0 and [m["id"] for m in json.loads(out)] == [msg["id"]]
+    assert sim.count("SRNEWMESSAGES") == 1
+
+
+def test_help_documents_exit_codes(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Exit codes:" in out and "3  the provider refused" in out
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+def test_simulator_command_calls_serve(monkeypatch):
+    from mobyt_worker import simulator
+
+    calls = []
+    monkeypatch.setattr(simulator, "serve", lambda **kw: calls.append(kw))
+    assert cli.main(["simulator", "--port", "0", "--latency", "0.1", "--delivery-delay", "3"]) == 0
+    assert calls == [{"host": "127.0.0.1", "port": 0, "latency": 0.1, "delivery_delay": 3.0}]

@@ -1,0 +1,360 @@
+"""MobytClient against the simulator over real HTTP: every function, every fault, retries."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from mobyt_worker import errors
+from mobyt_worker.client import HttpResponse, MobytClient, RequestsTransport
+from mobyt_worker.config import Secret, Settings
+from mobyt_worker.protocol import CreditRow, InboundMessage, Status
+from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
+from mobyt_worker.sms import build_send_request
+
+PARIS = ZoneInfo("Europe/Paris")
+LOGIN = "acme"
+PASSWORD = "s3cr3t-P@ss;|word"
+NUMBERS = ["+33612345671", "+33698765432"]  # last digits 1, 2: delivered (simulator rule)
+
+
+def make_settings(url: str, password: str = PASSWORD, **overrides) -> Settings:
+    values = dict(connect_timeout=1.0, read_timeout=2.0)
+    values.update(overrides)
+    return Settings(login=LOGIN, password=Secret(password), base_url=url, **values)
+
+
+def make_client(url: str, password: str = PASSWORD, **overrides) -> MobytClient:
+    return MobytClient(make_settings(url, password, **overrides), backoff_max=0.05)
+
+
+def send_request(order_id: str | None = "ORDER1", scheduled_at: datetime | None = None, **kw):
+    now = datetime.now(PARIS)
+    values = dict(
+        recipients=NUMBERS, message="Hello | world; 100% +ok", message_type="N", sender="ACME",
+        scheduled_at=scheduled_at, order_id=order_id, tz=PARIS, now=now,
+    )
+    values.update(kw)
+    return build_send_request(**values)
+
+
+@pytest.fixture
+def sim():
+    simulator = ProviderSimulator(login=LOGIN, password=PASSWORD, delivery_delay=0.0)
+    yield simulator
+    simulator.close()
+
+
+@pytest.fixture
+def server(sim):
+    server = SimulatorServer(sim).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(server):
+    with make_client(server.url) as client:
+        yield client
+
+
+@pytest.fixture
+def bad_client(server):
+    with make_client(server.url, password="wrong") as client:
+        yield client
+
+
+def around_now() -> tuple[datetime, datetime]:
+    now = datetime.now(PARIS)
+    return now - timedelta(hours=1), now + timedelta(hours=1)
+
+
+# --- the eight functions ---------------------------------------------------------------
+
+
+def test_send_sms(client, sim):
+    receipt = client.send_sms(send_request("ORDER1"))
+    assert receipt.order_id == "ORDER1"
+    assert receipt.count == 2
+    assert sim.count("SENDSMS") == 1
+    assert sim.billed_sends("ORDER1") == 1
+
+
+def test_send_sms_returning_credits(client, sim):
+    long_text = "x" * 200  # 2 parts to 2 recipients
+    receipt = client.send_sms(send_request("ORDER2", message=long_text, return_credits=True))
+    assert receipt.order_id == "ORDER2"
+    assert receipt.count == 4
+
+
+def test_sms_status_after_send(client):
+    client.send_sms(send_request("ORDER3"))
+    rows = client.sms_status("ORDER3")
+    assert sorted(r.recipient for r in rows) == sorted(NUMBERS)
+    assert all(isinstance(r.status, Status) for r in rows)
+    for row in rows:
+        if row.status is Status.DLVRD:
+            assert row.delivered_at is not None and row.delivered_at.tzinfo is not None
+
+
+def test_scheduled_send_then_cancel(client):
+    later = datetime.now(PARIS) + timedelta(days=1)
+    client.send_sms(send_request("LATER1", scheduled_at=later))
+    assert {r.status for r in client.sms_status("LATER1")} == {Status.SCHEDULED}
+    assert client.remove_delayed("LATER1") is None
+
+
+def test_sms_history(client):
+    client.send_sms(send_request("HIST1"))
+    rows = client.sms_history(*around_now())
+    (row,) = [r for r in rows if r.order_id == "HIST1"]
+    assert row.message_type == "N"
+    assert row.sender == "ACME"
+    assert row.recipients == 2
+    assert row.created_at is not None and row.created_at.tzinfo is not None
+
+
+def test_credits(client):
+    rows = client.credits()
+    assert rows and all(isinstance(r, CreditRow) for r in rows)
+    assert all(r.available >= 0 for r in rows)
+
+
+def test_inbox_functions(client, sim):
+    sim.add_inbound("+33611111111", "Bonjour | ça va; 100% 😀")
+    new = client.new_messages()
+    assert [(m.sender, m.text) for m in new] == [("+33611111111", "Bonjour | ça va; 100% 😀")]
+    assert isinstance(new[0], InboundMessage) and new[0].received_at.tzinfo is not None
+    assert client.new_messages() == []  # destructive read
+    assert client.inbox_since(0) == new
+    assert client.inbox_since(new[0].id) == []
+    assert client.inbox_history(*around_now()) == new
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+CALLS = {
+    "SENDSMS": lambda c: c.send_sms(send_request("KO1")),
+    "SMSSTATUS": lambda c: c.sms_status("KO1"),
+    "REMOVE_DELAYED": lambda c: c.remove_delayed("KO1"),
+    "SMSHISTORY": lambda c: c.sms_history(*around_now()),
+    "CREDITS": lambda c: c.credits(),
+    "SRNEWMESSAGES": lambda c: c.new_messages(),
+    "SRHISTORY": lambda c: c.inbox_history(*around_now()),
+    "SRHISTORYBYID": lambda c: c.inbox_since(0),
+}
+
+
+@pytest.mark.parametrize("function", sorted(CALLS))
+def test_wrong_password_is_rejected_once(function, bad_client, sim):
+    with pytest.raises(errors.ProviderRejected) as info:
+        CALLS[function](bad_client)
+    assert info.value.code
+    assert info.value.message
+    assert sim.count(function) == 1  # a KO is never retried
+    assert sim.billed_sends() == 0
+
+
+def test_bad_input_is_refused_before_any_request(client, sim):
+    with pytest.raises(errors.InvalidInput) as info:
+        client.sms_status("not a valid id!")
+    assert info.value.field == "order_id"
+    with pytest.raises(errors.InvalidInput) as info:
+        client.inbox_since(-1)
+    assert info.value.field == "id"
+    with pytest.raises(errors.InvalidInput) as info:
+        client.sms_history(datetime(2024, 1, 1), datetime(2024, 1, 2))  # naive
+    assert info.value.field == "date_from"
+    assert sum(sim.count(f) for f in CALLS) == 0
+
+
+def test_missing_credentials_are_refused_before_any_request(server, sim):
+    with MobytClient(Settings(login=LOGIN, base_url=server.url)) as client:
+        with pytest.raises(errors.ConfigError) as info:
+            client.credits()
+    assert info.value.variable == "MOBYT_PASSWORD"
+    assert sim.count("CREDITS") == 0
+
+
+# --- faults -----------------------------------------------------------------------------
+
+FAULTS = [
+    ("drop", errors.ProviderDisconnected),
+    ("http500", errors.ProviderServerError),
+    ("html", errors.ProviderBadResponse),
+    ("garbage", errors.ProviderBadResponse),
+    ("empty", errors.ProviderEmptyResponse),
+    ("ko", errors.ProviderRejected),
+]
+
+
+@pytest.mark.parametrize("kind, expected", FAULTS)
+def test_fault_kinds_become_typed_errors(kind, expected, client, sim):
+    sim.inject_fault("SENDSMS", kind)
+    with pytest.raises(expected) as info:
+        client.send_sms(send_request("FAULT1"))
+    if kind == "empty":
+        assert isinstance(info.value, errors.ProviderEmptyResponse)
+    elif kind in ("html", "garbage"):
+        assert not isinstance(info.value, errors.ProviderEmptyResponse)
+    if kind == "http500":
+        assert info.value.code == "HTTP500"
+    assert sim.count("SENDSMS") == 1  # SENDSMS is never retried
+
+
+def test_slow_answer_is_a_timeout(server, sim):
+    sim.inject_fault("CREDITS", "slow", count=1, delay=1.0)
+    with MobytClient(make_settings(server.url, read_timeout=0.3), read_attempts=1) as client:
+        with pytest.raises(errors.ProviderTimeout) as info:
+            client.credits()
+    assert info.value.ambiguous and info.value.retryable
+
+
+def test_lost_answer_is_ambiguous_and_was_billed(client, sim):
+    sim.inject_fault("SENDSMS", "lost_answer")
+    with pytest.raises(errors.ProviderDisconnected) as info:
+        client.send_sms(send_request("LOST1"))
+    assert info.value.ambiguous
+    assert sim.billed_sends("LOST1") == 1  # the provider did send it: resolve through SMSSTATUS
+    assert sim.count("SENDSMS") == 1
+    assert sorted(r.recipient for r in client.sms_status("LOST1")) == sorted(NUMBERS)
+
+
+def test_closed_port_is_a_connect_error():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with MobytClient(make_settings(f"http://127.0.0.1:{port}"), read_attempts=1) as client:
+        with pytest.raises(errors.ProviderConnectError) as info:
+            client.credits()
+    assert not info.value.ambiguous
+
+
+# --- retry classification ------------------------------------------------------------
+
+
+def test_read_is_retried_through_server_errors(client, sim):
+    sim.inject_fault("CREDITS", "http500", count=2)
+    assert client.credits()
+    assert sim.count("CREDITS") == 3
+
+
+def test_read_gives_up_after_read_attempts(server, sim):
+    sim.inject_fault("SMSSTATUS", "http500", count=10)
+    with MobytClient(make_settings(server.url), read_attempts=3, backoff_max=0.01) as client:
+        with pytest.raises(errors.ProviderServerError):
+            client.sms_status("ORDER1")
+    assert sim.count("SMSSTATUS") == 3
+
+
+def test_ko_is_not_retried(client, sim):
+    sim.inject_fault("CREDITS", "ko")
+    with pytest.raises(errors.ProviderRejected):
+        client.credits()
+    assert sim.count("CREDITS") == 1
+
+
+def test_sendsms_is_not_retried_on_server_error(client, sim):
+    sim.inject_fault("SENDSMS", "http500")
+    with pytest.raises(errors.ProviderServerError):
+        client.send_sms(send_request("ONCE1"))
+    assert sim.count("SENDSMS") == 1
+
+
+def test_new_messages_is_not_retried_after_a_drop(client, sim):
+    sim.add_inbound("+33611111111", "hello")
+    sim.inject_fault("SRNEWMESSAGES", "drop")
+    with pytest.raises(errors.ProviderDisconnected):
+        client.new_messages()
+    assert sim.count("SRNEWMESSAGES") == 1
+
+
+class FlakyTransport:
+    """Fails to connect a few times, then answers: the request never left."""
+
+    def __init__(self, failures: int, body: str = "OK;") -> None:
+        self.failures, self.body, self.calls = failures, body, 0
+
+    def post(self, url, data, timeout):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise errors.ProviderConnectError("cannot connect")
+        return HttpResponse(200, self.body)
+
+
+def test_new_messages_is_retried_when_nothing_was_sent():
+    transport = FlakyTransport(failures=2)
+    client = MobytClient(make_settings("http://mobyt.invalid"), transport, backoff_max=0.01)
+    assert client.new_messages() == []
+    assert transport.calls == 3
+
+
+def test_on_request_hook_reports_every_attempt(server, sim):
+    seen = []
+    sim.inject_fault("CREDITS", "http500")
+    with MobytClient(make_settings(server.url), backoff_max=0.01, on_request=lambda *a: seen.append(a)) as client:
+        client.credits()
+        with pytest.raises(errors.ProviderRejected):
+            MobytClient(make_settings(server.url, "wrong"), on_request=lambda *a: seen.append(a)).credits()
+    assert [(f, o) for f, _, o in seen] == [
+        ("CREDITS", "ProviderServerError"), ("CREDITS", "ok"), ("CREDITS", "rejected")]
+    assert all(seconds >= 0 for _, seconds, _ in seen)
+
+
+def test_transport_answers_with_non_2xx_are_mapped_by_the_client():
+    class Teapot:
+        def post(self, url, data, timeout):
+            return HttpResponse(418, "KO|1|nope")
+
+    with pytest.raises(errors.ProviderRejected) as info:
+        MobytClient(make_settings("http://mobyt.invalid"), Teapot()).credits()
+    assert info.value.code == "HTTP418"
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+def test_password_never_leaks(server, sim, caplog):
+    caplog.set_level(logging.DEBUG)
+    leaked = []
+    settings = make_settings(server.url)
+    with MobytClient(settings, backoff_max=0.01) as client:
+        client.send_sms(send_request("LEAK1"))
+        client.sms_status("LEAK1")
+        for kind in ("drop", "http500", "html", "garbage", "empty", "ko", "lost_answer"):
+            sim.inject_fault("SENDSMS", kind)
+            try:
+                client.send_sms(send_request("LEAK2"))
+            except errors.MobytError as exc:
+                leaked += [str(exc), repr(exc), repr(exc.args)]
+        sim.inject_fault("CREDITS", "http500", count=4)  # every attempt fails
+        try:
+            client.credits()
+        except errors.MobytError as exc:
+            leaked += [str(exc), repr(exc)]
+        leaked += [repr(client), str(client), repr(settings), str(settings)]
+    with MobytClient(make_settings(server.url, read_timeout=0.2), read_attempts=1) as client:
+        sim.inject_fault("CREDITS", "slow", delay=1.0)
+        with pytest.raises(errors.ProviderTimeout) as info:
+            client.credits()
+        leaked += [str(info.value), repr(info.value)]
+    leaked += [r.getMessage() for r in caplog.records]
+    assert any("SENDSMS" in r.getMessage() for r in caplog.records)  # the DEBUG lines are there
+    assert leaked
+    for text in leaked:
+        assert PASSWORD not in text
+        assert "s3cr3t" not in text
+
+
+def test_transport_rebuilds_its_session_after_fork(monkeypatch):
+    transport = RequestsTransport(pool_size=2)
+    first = transport._get_session()
+    assert transport._get_session() is first
+    monkeypatch.setattr("os.getpid", lambda: -1)
+    assert transport._get_session() is not first
+    transport.close()
