@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -104,24 +105,42 @@ class RequestsTransport:
             self._session = None
 
 
+def _causes(exc: BaseException) -> list[object]:
+    """The exceptions wrapped inside a requests error (args, urllib3 ``reason``, chain)."""
+    found: list[object] = []
+    todo: list[object] = [exc]
+    while todo and len(found) < 12:
+        item = todo.pop()
+        found.append(item)
+        nested = [getattr(item, "reason", None), getattr(item, "__cause__", None), getattr(item, "__context__", None)]
+        nested += list(getattr(item, "args", ()))[:2]
+        todo += [n for n in nested if isinstance(n, BaseException) and n not in found]
+    return found
+
+
 def _map_exception(exc: requests.exceptions.RequestException, where: str) -> errors.MobytError:
-    """Our own message, built from the host and path only (never ``str(exc)``)."""
+    """Our own message, built from the host and path only (never ``str(exc)``).
+
+    ProviderConnectError only where the request certainly never left (a refused or
+    timed-out connect, a certificate refused during the handshake); anything that may
+    have reached the provider is ambiguous.
+    """
     rex = requests.exceptions
+    causes = _causes(exc)
     if isinstance(exc, rex.ConnectTimeout):
         return errors.ProviderConnectError(f"{where}: connect timed out")
     if isinstance(exc, rex.ReadTimeout):
         return errors.ProviderTimeout(f"{where}: no answer in time")
     if isinstance(exc, (rex.InvalidURL, rex.MissingSchema, rex.InvalidSchema)):
         return errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL")
-    if isinstance(exc, rex.SSLError):
-        return errors.ProviderConnectError(f"{where}: TLS handshake failed")
+    if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
+        return errors.ProviderConnectError(f"{where}: TLS certificate refused")
     if isinstance(exc, rex.ChunkedEncodingError):
         return errors.ProviderDisconnected(f"{where}: connection dropped while reading the answer")
     if isinstance(exc, rex.ContentDecodingError):
         return errors.ProviderBadResponse(f"{where}: undecodable answer")
     if isinstance(exc, rex.ConnectionError):
-        inner = exc.args[0] if exc.args else None
-        if isinstance(getattr(inner, "reason", None), NewConnectionError) or isinstance(inner, ClosedPoolError):
+        if any(isinstance(c, (NewConnectionError, ClosedPoolError)) for c in causes):
             return errors.ProviderConnectError(f"{where}: cannot connect")  # nothing was sent
         return errors.ProviderDisconnected(f"{where}: connection dropped after sending")
     return errors.ProviderDisconnected(f"{where}: {type(exc).__name__}")

@@ -358,3 +358,48 @@ def test_transport_rebuilds_its_session_after_fork(monkeypatch):
     monkeypatch.setattr("os.getpid", lambda: -1)
     assert transport._get_session() is not first
     transport.close()
+
+
+@pytest.fixture
+def tls_port(tmp_path):
+    """An HTTPS listener with a self-signed certificate (not trusted by the client)."""
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                context.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def test_untrusted_certificate_is_a_connect_error(tls_port):
+    """The handshake failed: nothing was sent, so even a send may be retried safely."""
+    with MobytClient(make_settings(f"https://127.0.0.1:{tls_port}"), read_attempts=1) as client:
+        with pytest.raises(errors.ProviderConnectError) as info:
+            client.credits()
+    assert not info.value.ambiguous and "certificate" in info.value.message
