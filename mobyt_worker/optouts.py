@@ -22,9 +22,14 @@ class OptOuts:
         self.redis = client
         self.key = f"{prefix}:optout"
 
+    @staticmethod
+    def entry(message_id: int | None, at: str | None = None) -> str:
+        """The stored value of one opt-out (the inbox's Lua script writes it too)."""
+        return json.dumps({"at": at or now_iso(), "message_id": message_id})
+
     def add(self, number: str, *, message_id: int | None = None) -> bool:
         """Record an opt-out; True if the number was not opted out before."""
-        return bool(self.redis.hsetnx(self.key, number, json.dumps({"at": now_iso(), "message_id": message_id})))
+        return bool(self.redis.hsetnx(self.key, number, self.entry(message_id)))
 
     def clear(self, number: str) -> bool:
         return bool(self.redis.hdel(self.key, number))

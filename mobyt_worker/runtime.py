@@ -13,6 +13,8 @@ import redis
 
 from .client import MobytClient
 from .config import Settings
+from .credits import CreditsWatch
+from .inbox import InboxStore
 from .optouts import OptOuts
 from .ratelimit import RateLimiter
 from .store import OrderStore, connect
@@ -35,6 +37,16 @@ class Runtime:
     @cached_property
     def optouts(self) -> OptOuts:
         return OptOuts(self.redis, self.settings.key_prefix)
+
+    @cached_property
+    def inbox(self) -> InboxStore:
+        s = self.settings
+        return InboxStore(self.redis, s.key_prefix, ttl=s.order_ttl, stream_maxlen=s.stream_maxlen, country=s.country)
+
+    @cached_property
+    def credits(self) -> CreditsWatch:
+        s = self.settings
+        return CreditsWatch(self.redis, s.key_prefix, threshold=s.credit_threshold, stream_maxlen=s.stream_maxlen)
 
     @cached_property
     def send_limiter(self) -> RateLimiter | None:

@@ -314,3 +314,76 @@ def parse_period(date_from: str, date_to: str) -> tuple[datetime, datetime]:
 
 def _jsonable(row: Any) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(row).items()}
+
+
+# --- inbox and credits (beat jobs; see inbox.py and credits.py) ------------------------------
+
+#: Provider failures of a periodic job: logged as one warning line, the next run tries again.
+PROVIDER_FAILURES = (ProviderUnavailable, ProviderRejected)
+
+
+@app.task(name="mobyt.poll_inbox", throws=PROVIDER_FAILURES)
+def poll_inbox() -> dict[str, int]:
+    """SRNEWMESSAGES; each message stored once. The read is destructive: when its answer
+    may have been lost, reconcile at once rather than at the next scheduled run."""
+    rt = _runtime()
+    try:
+        messages = rt.client.new_messages()
+    except PROVIDER_FAILURES as exc:
+        lost = isinstance(exc, ProviderUnavailable) and exc.ambiguous
+        log.warning("poll_inbox failed: %s%s", exc, "; reconciling now" if lost else "")
+        if lost:
+            reconcile_inbox.apply_async(queue=QUEUE, expires=max(60.0, rt.settings.reconcile_interval))
+        raise
+    return rt.inbox.store_all(messages, source="poll").to_dict()
+
+
+@app.task(name="mobyt.reconcile_inbox", throws=PROVIDER_FAILURES)
+def reconcile_inbox() -> dict[str, int]:
+    """SRHISTORYBYID from the reconciled cursor: stores what no poll or push stored."""
+    rt = _runtime()
+    try:
+        result = rt.inbox.reconcile(rt.client.inbox_since)
+    except PROVIDER_FAILURES as exc:
+        log.warning("reconcile_inbox failed: %s", exc)
+        raise
+    if result["new"]:
+        log.info("reconcile_inbox stored %d message(s) not stored by a poll or push", result["new"])
+    return result
+
+
+@app.task(name="mobyt.inbox_history", throws=(InvalidInput, *PROVIDER_FAILURES))
+def inbox_history(date_from: str | None = None, date_to: str | None = None,
+                  since_id: int | str | None = None) -> list[dict[str, Any]]:
+    """Received SMS: ``since_id`` (SRHISTORYBYID, ids greater than it; 0 = all) or the
+    period ``date_from``..``date_to`` (SRHISTORY, ISO-8601 with offsets). Read only."""
+    client = _runtime().client
+    if since_id is not None:
+        if date_from is not None or date_to is not None:
+            raise InvalidInput("since_id", "give since_id, or date_from and date_to, not both")
+        rows = client.inbox_since(_message_id(since_id))
+    else:
+        for name, value in (("date_from", date_from), ("date_to", date_to)):
+            if value is None:
+                raise InvalidInput(name, "is required (or give since_id)")
+        rows = client.inbox_history(*parse_period(date_from, date_to))  # type: ignore[arg-type]
+    return [_jsonable(row) for row in rows]
+
+
+def _message_id(value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,18}", value.strip()):
+        return int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise InvalidInput("since_id", "must be an integer >= 0")
+
+
+@app.task(name="mobyt.check_credits", throws=PROVIDER_FAILURES)
+def check_credits() -> dict[str, Any]:
+    """CREDITS: store the balance per type and nation; alert under the threshold."""
+    rt = _runtime()
+    try:
+        return rt.credits.refresh(rt.client)
+    except PROVIDER_FAILURES as exc:
+        log.warning("check_credits failed: %s", exc)
+        raise

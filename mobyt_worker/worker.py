@@ -63,16 +63,25 @@ def create_app(settings: Settings) -> Celery:
         beat_scheduler="redbeat.RedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=f"{settings.key_prefix}:beat",
+        # RedBeat: only the beat holding the lock in Redis ticks; the others wait for it.
+        # The lock lives 5 x this interval unless extended (a beat extends it at every
+        # tick), so a beat killed without releasing it is replaced within ~25 s.
+        beat_max_loop_interval=5,
         beat_schedule={
-            "poll-due-orders": {
-                "task": "mobyt.poll_due",
-                "schedule": timedelta(seconds=settings.poll_tick),
-                "options": {"queue": QUEUE, "expires": max(settings.poll_tick * 2, 10)},
-            },
+            "poll-due-orders": _every("mobyt.poll_due", settings.poll_tick, expires=max(settings.poll_tick * 2, 10)),
+            "poll-inbox": _every("mobyt.poll_inbox", settings.inbox_interval),
+            "reconcile-inbox": _every("mobyt.reconcile_inbox", settings.reconcile_interval),
+            "check-credits": _every("mobyt.check_credits", settings.credits_interval),
         },
     )
     app.runtime = Runtime(settings)  # type: ignore[attr-defined]
     return app
+
+
+def _every(task: str, seconds: float, *, expires: float | None = None) -> dict[str, object]:
+    """A beat entry. A run still queued when the next one is due is dropped (``expires``)."""
+    return {"task": task, "schedule": timedelta(seconds=seconds),
+            "options": {"queue": QUEUE, "expires": expires if expires is not None else max(seconds, 5.0)}}
 
 
 app = create_app(Settings.from_env())

@@ -1,0 +1,243 @@
+"""Inbound SMS in Redis: each message stored once, whichever way it arrived.
+
+A message reaches us three ways: SRNEWMESSAGES (``poll``), SRHISTORYBYID
+(``reconcile``) and the provider's POST (``push``). All three go through
+:meth:`InboxStore.store`, one Lua script keyed by the provider's message id: the
+first arrival stores the message, appends it to the inbound stream and, if it says
+STOP, records the opt-out; every later arrival of the same id changes nothing.
+
+Key schema (``P`` is ``MOBYT_KEY_PREFIX``):
+
+===========================  ======  ====================================================
+key                          type    content
+===========================  ======  ====================================================
+``P:inbox:msg:{id}``         hash    id, receiver, sender, text, received_at (ISO-8601
+                                     with offset, or empty), keyword, source
+                                     (poll|push|reconcile), stored_at (ISO-8601 UTC)
+``P:inbox:ids``              zset    message id scored by id (listing, idempotency)
+``P:inbound``                stream  one entry per message, first arrival only (below)
+``P:inbox:hwm``              string  greatest message id ever stored
+``P:inbox:reconciled``       string  id up to which SRHISTORYBYID confirmed the inbox
+``P:optout``                 hash    numbers that sent STOP (see :mod:`optouts`)
+``P:events``                 stream  also gets ``type=optout`` when a STOP adds a number
+===========================  ======  ====================================================
+
+Fields of a ``P:inbound`` entry (consume with ``XREADGROUP``): ``type`` (``inbound``),
+``id``, ``receiver``, ``sender``, ``text``, ``received_at``, ``keyword``, ``source``,
+``stored_at``, ``stop`` (``1`` if the message is a STOP). A ``P:events`` opt-out entry:
+``type=optout``, ``number`` (E.164 when it parses), ``message_id``, ``at``.
+
+Messages and the id index expire ``order_ttl`` seconds (30 days) after they were stored;
+the two cursors never expire.
+
+Why reconciliation has its own cursor: SRNEWMESSAGES is a destructive read. If a worker
+dies (or its connection drops) after the provider answered, the provider has marked
+those messages read and no later SRNEWMESSAGES returns them. Meanwhile other polls keep
+storing newer ids, so the high-water mark moves past the lost ones. Reconciling "from
+the high-water mark" would therefore never look at them again. ``P:inbox:reconciled``
+only moves when SRHISTORYBYID itself returned every message above it and each was
+stored, so anything a poll lost is at or above it, and the next reconciliation stores it.
+The store being idempotent, polls, pushes and reconciliations may overlap freely.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import redis
+
+from .errors import InvalidInput
+from .optouts import OptOuts
+from .protocol import InboundMessage
+from .sms import normalize_recipient
+from .store import Keys, now_iso
+
+SOURCES = ("poll", "push", "reconcile")
+#: Expired message ids trimmed from the head of the id index per store (amortised cleanup).
+_TRIM_PER_STORE = 10
+
+# KEYS: msg, ids, inbound, hwm, optout, events.
+# ARGV: id, flattened hash fields (JSON), ttl, maxlen, stop number ('' = not a STOP),
+#       opt-out value, at, message key prefix and how many expired ids to trim.
+# Returns 1 if the message was new, 0 if this id was already stored.
+_STORE = """
+local msg, ids, inbound, hwm, optout, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, fields, ttl, maxlen = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local stop_number, optout_value, at, msg_prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+if redis.call('EXISTS', msg) == 1 or redis.call('ZSCORE', ids, ARGV[1]) then return 0 end
+redis.call('HSET', msg, unpack(fields))
+redis.call('EXPIRE', msg, ttl)
+for _, old in ipairs(redis.call('ZRANGE', ids, 0, tonumber(ARGV[9]) - 1)) do
+  if redis.call('EXISTS', msg_prefix .. old) == 1 then break end
+  redis.call('ZREM', ids, old)
+end
+redis.call('ZADD', ids, id, ARGV[1])
+redis.call('EXPIRE', ids, ttl)
+redis.call('XADD', inbound, 'MAXLEN', '~', maxlen, '*', 'type', 'inbound', unpack(fields))
+if id > tonumber(redis.call('GET', hwm) or '0') then redis.call('SET', hwm, ARGV[1]) end
+if stop_number ~= '' and redis.call('HSETNX', optout, stop_number, optout_value) == 1 then
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'optout', 'number', stop_number,
+    'message_id', ARGV[1], 'at', at)
+end
+return 1
+"""
+
+# Move a cursor forward only (concurrent reconciliations never move it back).
+_ADVANCE = """
+if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class InboxKeys:
+    """The one place inbox key names are spelled."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.message_prefix = f"{prefix}:inbox:msg:"
+        self.ids = f"{prefix}:inbox:ids"
+        self.stream = f"{prefix}:inbound"
+        self.hwm = f"{prefix}:inbox:hwm"
+        self.reconciled = f"{prefix}:inbox:reconciled"
+        self.events = Keys(prefix).events
+
+    def message(self, message_id: int) -> str:
+        return f"{self.message_prefix}{message_id}"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    received: int
+    new: int
+    stops: int
+    max_id: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"received": self.received, "new": self.new, "stops": self.stops, "max_id": self.max_id}
+
+
+def first_word(text: str) -> str:
+    words = text.split()
+    return words[0] if words else ""
+
+
+def is_stop(message: InboundMessage) -> bool:
+    """STOP in any case, as the keyword or as the first word (``Stop.`` counts)."""
+    return any(w.strip(".,;:!?").upper() == "STOP" for w in (message.keyword, first_word(message.text)))
+
+
+class InboxStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "mobyt",
+        *,
+        ttl: int = 30 * 24 * 3600,
+        stream_maxlen: int = 100_000,
+        country: str = "FR",
+    ) -> None:
+        self.redis = client
+        self.keys = InboxKeys(prefix)
+        self.optouts = OptOuts(client, prefix)
+        self.ttl = ttl
+        self.stream_maxlen = stream_maxlen
+        self.country = country
+        self._store = client.register_script(_STORE)
+        self._advance = client.register_script(_ADVANCE)
+
+    # --- writing --------------------------------------------------------------------
+
+    def store(self, message: InboundMessage, *, source: str) -> bool:
+        """Store one message atomically; True if its id was new."""
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}")
+        if isinstance(message.id, bool) or not isinstance(message.id, int) or message.id <= 0:
+            raise InvalidInput("id", "must be an integer > 0")
+        at = now_iso()
+        fields = {
+            "id": str(message.id),
+            "receiver": message.receiver,
+            "sender": message.sender,
+            "text": message.text,
+            "received_at": message.received_at.isoformat() if message.received_at else "",
+            "keyword": message.keyword or first_word(message.text),
+            "source": source,
+            "stored_at": at,
+            "stop": "1" if is_stop(message) else "0",
+        }
+        stop_number = self._number(message.sender) if fields["stop"] == "1" else ""
+        flat = [part for pair in fields.items() for part in pair]
+        new = self._store(
+            keys=[self.keys.message(message.id), self.keys.ids, self.keys.stream, self.keys.hwm,
+                  self.optouts.key, self.keys.events],
+            args=[message.id, json.dumps(flat), self.ttl, self.stream_maxlen, stop_number,
+                  OptOuts.entry(message.id, at), at, self.keys.message_prefix, _TRIM_PER_STORE],
+        )
+        return bool(new)
+
+    def store_all(self, messages: Iterable[InboundMessage], *, source: str) -> StoreResult:
+        received = new = stops = max_id = 0
+        for message in messages:
+            received += 1
+            max_id = max(max_id, message.id)
+            if self.store(message, source=source):
+                new += 1
+                stops += is_stop(message)
+        return StoreResult(received, new, stops, max_id)
+
+    def reconcile(self, fetch_since: Callable[[int], list[InboundMessage]]) -> dict[str, int]:
+        """Store whatever SRHISTORYBYID (``fetch_since``) returns above the reconciled
+        cursor, then move the cursor to the greatest id seen. Storing comes first: a
+        crash in between only means the next run reads those messages again."""
+        cursor = self.reconciled()
+        result = self.store_all(fetch_since(cursor), source="reconcile")
+        if result.max_id > cursor:
+            self._advance(keys=[self.keys.reconciled], args=[result.max_id])
+        return {**result.to_dict(), "from_id": cursor, "reconciled": max(cursor, result.max_id)}
+
+    def _number(self, sender: str) -> str:
+        """E.164 when the sender parses as a phone number, else as received."""
+        try:
+            return normalize_recipient(sender, self.country)
+        except (InvalidInput, ValueError):
+            return sender.strip()
+
+    # --- reading --------------------------------------------------------------------
+
+    def high_water_mark(self) -> int:
+        return int(self.redis.get(self.keys.hwm) or 0)
+
+    def reconciled(self) -> int:
+        return int(self.redis.get(self.keys.reconciled) or 0)
+
+    def get(self, message_id: int) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.keys.message(message_id))
+        return _decode(raw) if raw else None
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Stored messages, greatest id first; ids whose message expired are dropped."""
+        ids = self.redis.zrevrange(self.keys.ids, 0, max(0, limit - 1))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for message_id in ids:
+                pipe.hgetall(self.keys.message(message_id))
+            rows = pipe.execute()
+        expired = [message_id for message_id, raw in zip(ids, rows) if not raw]
+        if expired:
+            self.redis.zrem(self.keys.ids, *expired)
+        return [_decode(raw) for raw in rows if raw]
+
+    def count(self) -> int:
+        return self.redis.zcard(self.keys.ids)
+
+    def stream_length(self) -> int:
+        return self.redis.xlen(self.keys.stream)
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    return {**raw, "id": int(raw["id"]), "stop": raw.get("stop") == "1"}
+
