@@ -7,6 +7,10 @@ transient (retried with backoff). ``ambiguous`` tells whether a request may have
 reached the provider, which matters for SENDSMS: an ambiguous send is resolved by
 asking SMSSTATUS, never by sending again blindly.
 
+Each error's ``args`` are its constructor arguments and ``str()`` formats them, so an
+error survives Celery's JSON result backend as the same class with the same fields
+(``exc_message`` is the argument list), for Python callers and any other consumer.
+
 No error text ever contains the Mobyt password or the webhook token.
 """
 
@@ -23,24 +27,24 @@ class ConfigError(MobytError):
     """A configuration variable is missing or malformed; names the variable."""
 
     def __init__(self, variable: str, message: str) -> None:
+        super().__init__(variable, message)
         self.variable = variable
         self.message = message
-        super().__init__(f"{variable}: {message}")
 
-    def __reduce__(self):  # keep pickling/copying working with our signature
-        return (type(self), (self.variable, self.message))
+    def __str__(self) -> str:
+        return f"{self.variable}: {self.message}"
 
 
 class InvalidInput(MobytError, ValueError):
     """A send/cancel/query argument is invalid; refused before any HTTP call."""
 
     def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
         self.field = field
         self.message = message
-        super().__init__(f"{field}: {message}")
 
-    def __reduce__(self):
-        return (type(self), (self.field, self.message))
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
 
 
 class RecipientOptedOut(InvalidInput):
@@ -51,23 +55,23 @@ class OrderNotFound(MobytError, LookupError):
     """No order with this id is tracked."""
 
     def __init__(self, order_id: str) -> None:
+        super().__init__(order_id)
         self.order_id = order_id
-        super().__init__(f"order_id: no tracked order {order_id!r}")
 
-    def __reduce__(self):
-        return (type(self), (self.order_id,))
+    def __str__(self) -> str:
+        return f"order_id: no tracked order {self.order_id!r}"
 
 
 class OrderNotCancellable(MobytError):
     """The order exists but is not (or no longer) a scheduled send."""
 
     def __init__(self, order_id: str, reason: str) -> None:
+        super().__init__(order_id, reason)
         self.order_id = order_id
         self.reason = reason
-        super().__init__(f"order {order_id!r} cannot be cancelled: {reason}")
 
-    def __reduce__(self):
-        return (type(self), (self.order_id, self.reason))
+    def __str__(self) -> str:
+        return f"order {self.order_id!r} cannot be cancelled: {self.reason}"
 
 
 class ProviderError(MobytError):
@@ -77,19 +81,16 @@ class ProviderError(MobytError):
     ambiguous: bool = False
 
     def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message, code)
         self.message = message
         self.code = code
-        super().__init__(f"[{code}] {message}" if code else message)
 
-    def __reduce__(self):
-        return (type(self), (self.message, self.code))
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}" if self.code else self.message
 
 
 class ProviderRejected(ProviderError):
     """Mobyt answered ``KO|code|message``: the request was refused, never retried."""
-
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message, code)
 
 
 class ProviderUnavailable(ProviderError):

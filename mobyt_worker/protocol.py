@@ -13,6 +13,7 @@ them, and the property tests round-trip through both.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote_plus, unquote_plus
@@ -151,7 +152,7 @@ def check_body(body: str) -> str:
 def _rows(body: str) -> list[list[str]]:
     """Split an ``OK;row;row;`` table into columns, leaving fields still encoded."""
     text = check_body(body)
-    if text[:3] not in ("OK;", "OK") or (len(text) > 2 and text[2] != ";"):
+    if text != "OK" and not text.startswith("OK;"):
         raise ProviderBadResponse(f"expected a table: {_preview(text)}")
     return [row.split("|") for row in text[3:].split(";") if row.strip()]
 
@@ -181,10 +182,13 @@ def decode_status(body: str, tz: ZoneInfo) -> list[RecipientStatus]:
     result = []
     for row in _rows(body):
         recipient, status, delivered = _columns(row, 2, 3, "SMSSTATUS")
+        status = status.strip()
+        if not re.fullmatch(r"[A-Z0-9]+", status):  # empty or mangled: the answer was cut
+            raise ProviderBadResponse(f"SMSSTATUS row without a status: {_preview('|'.join(row))}")
         try:
-            state = Status(status.strip())
+            state = Status(status)
         except ValueError:
-            state = Status.UNKNOWN
+            state = Status.UNKNOWN  # a status added by the provider after this code was written
         result.append(RecipientStatus(unquote_plus(recipient), state, parse_date(delivered, tz)))
     return result
 

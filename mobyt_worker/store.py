@@ -48,17 +48,19 @@ STATES = (SENDING, UNSENT, SCHEDULED, ACCEPTED, COMPLETED, EXPIRED, FAILED, CANC
 OPEN_STATES = frozenset({SENDING, UNSENT, SCHEDULED, ACCEPTED})
 
 
+#: Client options that ride out a Redis restart or failover (~30 s of jittered retries).
+REDIS_RETRY = {
+    "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 20),
+    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    "health_check_interval": 15,
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+}
+
+
 def connect(url: str) -> redis.Redis:
-    """A Redis client that survives restarts and failovers: retries with jittered backoff."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        health_check_interval=15,
-        socket_connect_timeout=5,
-        socket_timeout=10,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 10),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
+    """A Redis client that survives restarts and failovers."""
+    return redis.Redis.from_url(url, decode_responses=True, **REDIS_RETRY)
 
 
 def now_iso(ts: float | None = None) -> str:

@@ -71,7 +71,11 @@ def _emit(changes: list[dict[str, Any]]) -> None:
 # --- send --------------------------------------------------------------------------------
 
 
-@app.task(name="mobyt.send_sms", bind=True, max_retries=SEND_MAX_RETRIES)
+#: Expected outcomes: logged by the worker as one line, without a traceback.
+EXPECTED = (InvalidInput, ProviderRejected, OrderNotFound, OrderNotCancellable)
+
+
+@app.task(name="mobyt.send_sms", bind=True, max_retries=SEND_MAX_RETRIES, throws=EXPECTED)
 def send_sms(
     self: Task,
     recipients: list[str] | str,
@@ -129,7 +133,11 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
         "parts": request.length.parts, "credits": request.credits, "task_id": task.request.id,
         "recipient_count": len(request.recipients),
     }
-    lock_seconds = s.connect_timeout + s.read_timeout + 30
+    # The lock outlives one HTTP attempt (connect + read timeouts) and no more, so a
+    # SIGKILLed holder delays the redelivered task by seconds, not minutes.
+    lock_seconds = s.connect_timeout + s.read_timeout + 5
+    if rt.send_limiter is not None:  # wait for a slot before taking the lock, not while holding it
+        rt.send_limiter.acquire(timeout=s.task_time_limit)
     verdict, state, token = store.claim_send(order_id, meta, lock_seconds=lock_seconds)
     if verdict == "busy":
         raise task.retry(countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
@@ -162,8 +170,6 @@ def _already_accepted(order_id: str, request: sms.SendRequest) -> bool:
 def _attempt(task: Task, request: sms.SendRequest, order_id: str) -> dict[str, Any]:
     rt = _runtime()
     store, s = rt.store, rt.settings
-    if rt.send_limiter is not None:
-        rt.send_limiter.acquire(cost=1, timeout=s.task_time_limit)
     try:
         receipt = rt.client.send_sms(_with_order_id(request, order_id))
     except ProviderRejected as exc:
@@ -219,7 +225,7 @@ def poll_due() -> dict[str, int]:
     return {"enqueued": len(ids)}
 
 
-@app.task(name="mobyt.poll_status")
+@app.task(name="mobyt.poll_status", throws=EXPECTED)
 def poll_status(order_id: str) -> dict[str, Any]:
     """One status check of one order; returns the order record."""
     rt = _runtime()
@@ -271,7 +277,7 @@ def _settle_unfinished_send(order_id: str, state: str) -> None:
 # --- cancel and history ---------------------------------------------------------------------
 
 
-@app.task(name="mobyt.cancel")
+@app.task(name="mobyt.cancel", throws=EXPECTED)
 def cancel(order_id: str) -> dict[str, Any]:
     """REMOVE_DELAYED for a scheduled order; refuses anything else with a clear error."""
     rt = _runtime()
@@ -290,7 +296,7 @@ def cancel(order_id: str) -> dict[str, Any]:
     return rt.store.get_order(order_id, with_history=False).to_dict()
 
 
-@app.task(name="mobyt.sms_history")
+@app.task(name="mobyt.sms_history", throws=EXPECTED)
 def sms_history(date_from: str, date_to: str) -> list[dict[str, Any]]:
     """SMSHISTORY between two ISO-8601 instants (with offsets)."""
     start, end = parse_period(date_from, date_to)

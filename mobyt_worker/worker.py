@@ -12,6 +12,7 @@ from celery import Celery
 
 from .config import Settings
 from .runtime import Runtime
+from .store import REDIS_RETRY
 
 #: All our tasks go to this queue; producers must name it (the helper in producer.py does).
 QUEUE = "mobyt"
@@ -63,6 +64,9 @@ def create_app(settings: Settings) -> Celery:
         beat_scheduler="redbeat.RedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=f"{settings.key_prefix}:beat",
+        # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
+        # calls, and redis-py retries the lock extension it makes at every tick.
+        redbeat_redis_options={"retry_period": -1, **REDIS_RETRY},
         # RedBeat: only the beat holding the lock in Redis ticks; the others wait for it.
         # The lock lives 5 x this interval unless extended (a beat extends it at every
         # tick), so a beat killed without releasing it is replaced within ~25 s.

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Iterator
+
+import pytest
+import redis
+
+from mobyt_worker.config import Secret, Settings
+from mobyt_worker.runtime import Runtime
+from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
+
+from .support import CeleryProcess, RedisServer
+
+LOGIN = "acme"
+PASSWORD = "s3cr3t-Pa55word-" + secrets.token_hex(4)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def simulator() -> Iterator[ProviderSimulator]:
+    sim = ProviderSimulator(login=LOGIN, password=PASSWORD, delivery_delay=0.6, timeout_after=3.0)
+    yield sim
+    sim.close()
+
+
+@pytest.fixture
+def provider(simulator: ProviderSimulator) -> Iterator[SimulatorServer]:
+    server = SimulatorServer(simulator).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def worker_env(redis_url: str, provider: SimulatorServer) -> dict[str, str]:
+    """Environment of worker/beat processes (and of Settings in the test process)."""
+    return {
+        "REDIS_URL": redis_url,
+        "MOBYT_LOGIN": LOGIN,
+        "MOBYT_PASSWORD": PASSWORD,
+        "MOBYT_BASE_URL": provider.url,
+        "MOBYT_DEFAULT_SENDER": "ACME",
+        "MOBYT_CONNECT_TIMEOUT": "1",
+        "MOBYT_READ_TIMEOUT": "2",
+        "MOBYT_POLL_TICK": "0.3",
+        "MOBYT_POLL_INTERVALS": "0.3,0.6,1",
+        "MOBYT_SEND_RETRY_MAX": "1",
+        "MOBYT_VISIBILITY_TIMEOUT": "8",
+        "MOBYT_INBOX_INTERVAL": "0.5",
+        "MOBYT_RECONCILE_INTERVAL": "2",
+        "MOBYT_CREDITS_INTERVAL": "1",
+        "MOBYT_WORKER_CONCURRENCY": "8",
+    }
+
+
+@pytest.fixture
+def settings(worker_env: dict[str, str]) -> Settings:
+    return Settings.from_env(worker_env)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def start_process(worker_env: dict[str, str]):
+    """Start worker/beat subprocesses; all are stopped (and logs shown on failure) at teardown."""
+    started: list[CeleryProcess] = []
+
+    def start(kind: str = "worker", *, name: str = "w1", env: dict[str, str] | None = None, **kw) -> CeleryProcess:
+        proc = CeleryProcess(kind, {**worker_env, **(env or {})}, name=name, **kw).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+    for proc in started:
+        print(f"--- {proc.kind} {proc.name} log (tail) ---\n{proc.output()[-4000:]}")

@@ -1,0 +1,143 @@
+"""Real processes for tests: a private redis-server, Celery workers and beat.
+
+Each test session runs its own redis-server on a free port (so tests can restart it
+and never touch a Redis someone else uses); workers and beat are real subprocesses
+started with the same command line as the Procfile.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+CELERY = str(Path(sys.executable).with_name("celery"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server of our own. ``appendonly`` lets a restart keep the data."""
+
+    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise RuntimeError("redis-server is not installed (make test installs it)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.dir = tempfile.mkdtemp(prefix="mobyt-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", self.dir, "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "always", "--protected-mode", "no", "--loglevel", "warning"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _ping(client), timeout=10, what="redis-server")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _ping(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+class CeleryProcess:
+    """``celery -A mobyt_worker.worker worker|beat`` as a subprocess, output in a log file."""
+
+    def __init__(self, kind: str, env: dict[str, str], *, concurrency: int = 8, name: str = "w1",
+                 extra: list[str] | None = None) -> None:
+        self.kind = kind
+        self.env = env
+        self.name = name
+        self.log = Path(tempfile.mkstemp(prefix=f"mobyt-{kind}-{name}-", suffix=".log")[1])
+        if kind == "worker":
+            self.args = [CELERY, "-A", "mobyt_worker.worker", "worker", "--pool", "threads",
+                         "--concurrency", str(concurrency), "-Q", "mobyt", "-n", f"{name}@%h",
+                         "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info"]
+        else:
+            self.args = [CELERY, "-A", "mobyt_worker.worker", "beat", "-l", "info",
+                         "--max-interval", "1"]
+        self.args += extra or []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> "CeleryProcess":
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        if wait:
+            marker = "ready." if self.kind == "worker" else "beat: Starting"
+            wait_for(lambda: marker in self.output() or self._died(), timeout=30, what=f"{self.kind} start")
+            if self._died():
+                raise AssertionError(f"{self.kind} exited early:\n{self.output()[-3000:]}")
+        return self
+
+    def _died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no warm shutdown, no ack, no cleanup."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()

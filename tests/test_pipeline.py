@@ -1,0 +1,263 @@
+"""The sending pipeline end to end: a bare Celery client, real worker and beat processes,
+a real Redis, and the simulator over HTTP. Assertions are on what the provider saw and
+on what Redis holds."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from mobyt_worker.store import OrderStore, connect
+
+from .conftest import PASSWORD
+from .support import RedisServer, wait_for
+
+DLVRD_NUMBER, ERROR_NUMBER = "+33612345670", "+33612345676"
+
+
+def bare_client(redis_url: str) -> Celery:
+    """What another service has: Celery and the broker URL, none of our code."""
+    client = Celery("producer", broker=redis_url, backend=redis_url)
+    client.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    return client
+
+
+def enqueue(client: Celery, **kwargs):
+    return client.send_task("mobyt.send_sms", kwargs=kwargs, queue="mobyt")
+
+
+def order_store(url: str) -> OrderStore:
+    return OrderStore(connect(url), "mobyt")
+
+
+def wait_final(store: OrderStore, order_id: str, timeout: float = 30.0):
+    return wait_for(lambda: (r := store.get_order(order_id)) and r.final and r, timeout=timeout,
+                    what=f"order {order_id} final")
+
+
+def test_send_by_name_is_sent_once_and_followed_to_final_statuses(redis_url, simulator, start_process):
+    start_process("worker")
+    start_process("beat")
+    client = bare_client(redis_url)
+    result = enqueue(client, recipients=[DLVRD_NUMBER, ERROR_NUMBER], message="Votre code: 1234", sender="ACME")
+    reply = result.get(timeout=20)
+    order_id = reply["order_id"]
+    assert reply["status"] == "accepted" and reply["recipients"] == [DLVRD_NUMBER, ERROR_NUMBER]
+    assert reply["credits"] == 2
+
+    [sent] = simulator.requests("SENDSMS")
+    assert sent.params["recipient"] == f"{DLVRD_NUMBER},{ERROR_NUMBER}"
+    assert sent.params["message"] == "Votre code: 1234"
+    assert sent.params["sender"] == "ACME" and sent.params["message_type"] == "N"
+    assert sent.params["order_id"] == order_id and sent.params["login"] == "acme"
+
+    store = order_store(redis_url)
+    record = wait_final(store, order_id)
+    assert record.state == "completed"
+    assert record.recipients[DLVRD_NUMBER].status == "DLVRD"
+    assert record.recipients[DLVRD_NUMBER].delivered_at
+    assert record.recipients[ERROR_NUMBER].status == "ERROR"
+    polls = [r for r in simulator.requests("SMSSTATUS") if r.params["order_id"] == order_id]
+    assert 1 <= len(polls) <= 6, len(polls)  # backoff, not a busy loop
+    assert record.polls == len(polls)
+    assert simulator.billed_sends(order_id) == 1
+    events = [e for _, e in store.redis.xrange(store.keys.events) if e["order_id"] == order_id]
+    final = [(e["recipient"], e["status"]) for e in events if e["type"] == "status" and e["status"] in ("DLVRD", "ERROR")]
+    assert sorted(final) == [(DLVRD_NUMBER, "DLVRD"), (ERROR_NUMBER, "ERROR")]
+
+
+@pytest.mark.parametrize("kind", ["http500", "html", "garbage", "empty", "drop", "slow", "lost_answer", "ko503"])
+def test_every_fault_on_sendsms_ends_in_exactly_one_billed_send(kind, redis_url, simulator, start_process):
+    start_process("worker")
+    if kind == "ko503":  # a KO is a refusal: failed at once, nothing billed, no retry
+        simulator.inject_fault("SENDSMS", "ko", code="30", message="insufficient credits")
+    else:
+        simulator.inject_fault("SENDSMS", kind, delay=3.0)  # 'slow' answers after the 2 s read timeout
+    result = enqueue(bare_client(redis_url), recipients=[DLVRD_NUMBER], message="hello", sender="ACME",
+                     order_id=f"FAULT{kind.upper().replace('_', '')}")
+    store = order_store(redis_url)
+    if kind == "ko503":
+        with pytest.raises(Exception) as info:
+            result.get(timeout=20)
+        assert "insufficient credits" in str(info.value)
+        assert simulator.count("SENDSMS") == 1 and simulator.billed_sends() == 0
+        record = store.get_order("FAULTKO503")
+        assert record.state == "failed" and record.error_code == "30"
+        return
+    reply = result.get(timeout=30)
+    assert reply["status"] == "accepted"
+    assert simulator.billed_sends(reply["order_id"]) == 1
+    assert simulator.billed_sends() == 1
+    if kind in ("slow", "lost_answer"):  # processed: settled by SMSSTATUS, never sent again
+        assert simulator.count("SENDSMS") == 1
+        assert simulator.count("SMSSTATUS") >= 1
+    else:  # not processed: one more SENDSMS after the provider said it did not know the order
+        assert simulator.count("SENDSMS") == 2
+    assert store.get_order(reply["order_id"]).state in ("accepted", "completed")
+
+
+def test_sigkill_in_the_middle_of_sends_then_restart_sends_each_order_once(redis_url, simulator, start_process):
+    simulator.set_latency(0.4)
+    worker = start_process("worker", name="doomed")
+    client = bare_client(redis_url)
+    order_ids = [f"KILL{i:03d}" for i in range(30)]
+    for oid in order_ids:
+        enqueue(client, recipients=[DLVRD_NUMBER], message=f"order {oid}", sender="ACME", order_id=oid)
+    wait_for(lambda: simulator.count("SENDSMS") >= 8, timeout=20, what="some sends in flight")
+    worker.kill()
+    seen_at_kill = simulator.count("SENDSMS")
+    assert seen_at_kill < len(order_ids), "the kill came too late to test anything"
+    simulator.set_latency(0.0)
+    start_process("worker", name="survivor")
+    store = order_store(redis_url)
+    wait_for(lambda: all((r := store.get_order(o)) and r.state in ("accepted", "completed") for o in order_ids),
+             timeout=60, what="every order accepted after the restart")
+    for oid in order_ids:
+        assert simulator.billed_sends(oid) == 1, oid
+    assert simulator.billed_sends() == len(order_ids)
+
+
+def test_two_workers_polling_the_same_order_record_each_change_once(redis_url, simulator, start_process):
+    start_process("worker", name="a")
+    start_process("worker", name="b")
+    client = bare_client(redis_url)
+    order_id = enqueue(client, recipients=[DLVRD_NUMBER, ERROR_NUMBER], message="race", sender="ACME").get(timeout=20)["order_id"]
+    time.sleep(0.8)  # past the simulator's delivery delay: every poll now sees the final statuses
+    simulator.set_latency(0.5)  # and all 16 polls are in flight at once before any answer lands
+    polls = [client.send_task("mobyt.poll_status", kwargs={"order_id": order_id}, queue="mobyt") for _ in range(16)]
+    records = [p.get(timeout=20) for p in polls]
+    assert all(r["final"] for r in records)
+    store = order_store(redis_url)
+    events = [e for _, e in store.redis.xrange(store.keys.events) if e["type"] == "status"]
+    assert sorted((e["recipient"], e["status"]) for e in events) == [(DLVRD_NUMBER, "DLVRD"), (ERROR_NUMBER, "ERROR")]
+    assert len(store.get_order(order_id).history) == 2
+    assert simulator.count("SMSSTATUS") == 16
+
+
+def test_scheduled_send_then_cancel(redis_url, simulator, start_process):
+    start_process("worker")
+    client = bare_client(redis_url)
+    when = (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat()
+    reply = enqueue(client, recipients=[DLVRD_NUMBER], message="later", sender="ACME", scheduled_at=when).get(timeout=20)
+    assert reply["status"] == "scheduled"
+    [sent] = simulator.requests("SENDSMS")
+    assert len(sent.params["scheduled_delivery_time"]) == 14
+    cancelled = client.send_task("mobyt.cancel", kwargs={"order_id": reply["order_id"]}, queue="mobyt").get(timeout=20)
+    assert cancelled["state"] == "cancelled" and cancelled["cancelled"]
+    assert simulator.count("REMOVE_DELAYED") == 1
+    store = order_store(redis_url)
+    assert store.redis.zscore(store.keys.due, reply["order_id"]) is None
+    # the provider no longer knows it, and we do not poll it
+    assert simulator.count("SMSSTATUS") == 0
+
+    with pytest.raises(Exception) as unknown:
+        client.send_task("mobyt.cancel", kwargs={"order_id": "NOSUCHORDER"}, queue="mobyt").get(timeout=20)
+    assert "NOSUCHORDER" in str(unknown.value) and type(unknown.value).__name__ == "OrderNotFound"
+
+    started = enqueue(client, recipients=[DLVRD_NUMBER], message="now", sender="ACME").get(timeout=20)
+    with pytest.raises(Exception) as not_scheduled:
+        client.send_task("mobyt.cancel", kwargs={"order_id": started["order_id"]}, queue="mobyt").get(timeout=20)
+    assert type(not_scheduled.value).__name__ == "OrderNotCancellable"
+    assert "not scheduled" in str(not_scheduled.value)
+    assert simulator.count("REMOVE_DELAYED") == 1  # refused before any HTTP call
+
+
+def test_bulk_send_is_split_into_chunks_tied_to_one_batch(redis_url, simulator, start_process):
+    start_process("worker", env={"MOBYT_BULK_CHUNK_SIZE": "3"})
+    start_process("beat")
+    numbers = [f"+3361234567{d}" for d in range(7)]
+    reply = enqueue(bare_client(redis_url), recipients=numbers, message="bulk", sender="ACME",
+                    order_id="BATCH1").get(timeout=20)
+    assert reply["status"] == "batched" and reply["batch_id"] == "BATCH1" and len(reply["orders"]) == 3
+    store = order_store(redis_url)
+    assert store.batch_orders("BATCH1") == reply["orders"]
+    records = [wait_final(store, oid) for oid in reply["orders"]]
+    assert [len(r.recipients) for r in records] == [3, 3, 1]
+    assert {r.batch_id for r in records} == {"BATCH1"}
+    assert simulator.count("SENDSMS") == 3
+    assert all(simulator.billed_sends(oid) == 1 for oid in reply["orders"])
+    assert sorted(n for r in records for n in r.recipients) == sorted(numbers)
+
+
+def test_bad_input_fails_the_task_naming_the_field_without_any_http(redis_url, simulator, start_process):
+    start_process("worker")
+    client = bare_client(redis_url)
+    cases = {
+        "recipients": {"recipients": ["not a number"], "message": "x", "sender": "ACME"},
+        "sender": {"recipients": [DLVRD_NUMBER], "message": "x", "sender": "WAYTOOLONGSENDER"},
+        "message": {"recipients": [DLVRD_NUMBER], "message": "x" * 1001, "sender": "ACME"},
+        "message_type": {"recipients": [DLVRD_NUMBER], "message": "x", "sender": "ACME", "message_type": "Q"},
+        "order_id": {"recipients": [DLVRD_NUMBER], "message": "x", "sender": "ACME", "order_id": "bad-id!"},
+        "scheduled_at": {"recipients": [DLVRD_NUMBER], "message": "x", "sender": "ACME",
+                         "scheduled_at": "2001-01-01T00:00:00+00:00"},
+    }
+    for field, kwargs in cases.items():
+        with pytest.raises(Exception) as info:
+            enqueue(client, **kwargs).get(timeout=20)
+        assert type(info.value).__name__ == "InvalidInput", field
+        assert str(info.value).startswith(f"{field}:"), (field, str(info.value))
+    assert simulator.requests() == []
+
+
+def test_the_password_reaches_no_task_argument_result_redis_value_or_log(redis_url, simulator, start_process):
+    worker = start_process("worker")
+    client = bare_client(redis_url)
+    enqueue(client, recipients=[DLVRD_NUMBER], message="secret?", sender="ACME").get(timeout=20)
+    with pytest.raises(Exception):
+        enqueue(client, recipients=["nope"], message="x", sender="ACME").get(timeout=20)
+    simulator.inject_fault("SENDSMS", "ko", code="10", message="authentication failed")
+    with pytest.raises(Exception):
+        enqueue(client, recipients=[DLVRD_NUMBER], message="x", sender="ACME").get(timeout=20)
+    r = redis.Redis.from_url(redis_url)
+    dump = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key).decode()
+        if kind == "string":
+            dump.append(r.get(key))
+        elif kind == "hash":
+            dump.extend(r.hgetall(key).values())
+        elif kind == "list":
+            dump.extend(r.lrange(key, 0, -1))
+        elif kind == "zset":
+            dump.extend(m for m, _ in r.zrange(key, 0, -1, withscores=True))
+        elif kind == "stream":
+            dump.extend(v for _, fields in r.xrange(key) for v in fields.values())
+    assert dump, "nothing was written: the test would prove nothing"
+    assert not [v for v in dump if PASSWORD.encode() in v]
+    assert PASSWORD not in worker.output()
+
+
+def test_redis_restart_while_workers_run(simulator, provider, worker_env, start_process):
+    """With an AOF-persisted Redis, a restart loses nothing and the workers reconnect."""
+    server = RedisServer(appendonly=True).start()
+    try:
+        env = {"REDIS_URL": server.url}
+        worker = start_process("worker", env=env)
+        beat = start_process("beat", env=env)
+        client = bare_client(server.url)
+        before = [enqueue(client, recipients=[DLVRD_NUMBER], message="before", sender="ACME").get(timeout=20)["order_id"]
+                  for _ in range(3)]
+        server.restart(down_for=1.0)
+        after = []
+        for _ in range(3):
+            for attempt in range(3):  # the producer's own connection may need a moment too
+                try:
+                    after.append(enqueue(client, recipients=[DLVRD_NUMBER], message="after", sender="ACME").get(timeout=30)["order_id"])
+                    break
+                except (redis.ConnectionError, CeleryTimeout, OSError):
+                    time.sleep(1)
+        assert len(after) == 3
+        store = order_store(server.url)
+        for oid in before + after:
+            record = wait_final(store, oid, timeout=40)
+            assert record.recipients[DLVRD_NUMBER].status == "DLVRD"
+            assert simulator.billed_sends(oid) == 1
+        assert worker.proc.poll() is None and beat.proc.poll() is None  # both rode it out
+        assert "Connected to redis" in worker.output().split("Connection to broker lost")[-1]
+    finally:
+        server.cleanup()
