@@ -33,7 +33,8 @@ from typing import Any, Callable, Sequence
 from . import errors
 from .client import MobytClient
 from .config import Settings
-from .sms import build_send_request
+from .runtime import Runtime
+from .sms import build_send_request, normalize_recipient
 
 #: The exit-code table of this docstring, shown by every ``--help``.
 EPILOG = __doc__[__doc__.index("Exit codes:") : __doc__.index("\n\nErrors are")] if __doc__ else ""
@@ -199,7 +200,16 @@ def cmd_history(args: argparse.Namespace) -> int:
     return emit(args, rows, human)
 
 
+def _credits_arguments(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stored", action="store_true",
+                       help="the balance last stored in Redis (by mobyt.check_credits), with its time")
+    which.add_argument("--refresh", action="store_true", help="ask the provider, store the answer in Redis, show it")
+
+
 def cmd_credits(args: argparse.Namespace) -> int:
+    if args.stored or args.refresh:
+        return _stored_credits(args)
     with _client() as client:
         rows = client.credits()
     return emit(args, rows, table(["type", "nation", "available"], [dataclasses.astuple(r) for r in rows]))
@@ -210,10 +220,14 @@ def _inbox_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--new", action="store_true",
                        help="SRNEWMESSAGES: only messages not read yet (consumes them)")
     which.add_argument("--since", type=int, metavar="ID", help="SRHISTORYBYID: ids greater than ID (default 0: all)")
+    which.add_argument("--stored", action="store_true", help="messages stored in Redis by the workers, newest first")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="with --stored: at most N messages (50)")
     _range_arguments(p, required=False)
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
+    if args.stored:
+        return _stored_inbox(args)
     settings = _settings()
     ranged = args.date_from is not None or args.date_to is not None
     if ranged and (args.new or args.since is not None):
@@ -246,14 +260,77 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- what the workers keep in Redis (credits, inbox, opt-outs) --------------------------
+
+
+def _runtime() -> Runtime:
+    return Runtime(_settings())
+
+
+def _stored_credits(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    try:
+        if args.refresh:
+            rt.credits.refresh(rt.client)
+        balances = rt.credits.balances()
+    finally:
+        rt.close()
+    if not balances and not args.json:
+        print("no balance stored yet: `mobyt credits --refresh`, or run beat", file=sys.stderr)
+    human = table(["type", "nation", "available", "at"], [[b.message_type, b.nation, b.available, b.at] for b in balances])
+    return emit(args, [b.to_dict() for b in balances], human)
+
+
+def _stored_inbox(args: argparse.Namespace) -> int:
+    if args.date_from is not None or args.date_to is not None:
+        raise errors.InvalidInput("from", "--from/--to cannot be combined with --stored")
+    if args.limit < 1:
+        raise errors.InvalidInput("limit", "must be at least 1")
+    rt = _runtime()
+    try:
+        rows = rt.inbox.recent(limit=args.limit)
+    finally:
+        rt.close()
+    human = table(["id", "received_at", "sender", "receiver", "keyword", "source", "text"],
+                  [[m["id"], m["received_at"], m["sender"], m["receiver"], m["keyword"], m["source"], m["text"]]
+                   for m in rows])
+    return emit(args, rows, human)
+
+
+def _optouts_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clear", metavar="NUMBER", help="remove NUMBER from the opt-outs: sends to it are allowed again")
+
+
+def cmd_optouts(args: argparse.Namespace) -> int:
+    """Numbers that sent STOP (sends to them are refused), or clear one of them."""
+    rt = _runtime()
+    try:
+        if args.clear is None:
+            stopped = rt.optouts.all()
+            rows = [{"number": number, **info} for number, info in sorted(stopped.items())]
+            return emit(args, rows, table(["number", "at", "message_id"],
+                                          [[r["number"], r.get("at"), r.get("message_id")] for r in rows]))
+        number = args.clear.strip()
+        try:
+            number = normalize_recipient(number, rt.settings.country)
+        except (errors.InvalidInput, ValueError):
+            pass  # stored as received when it did not parse: clear that spelling
+        cleared = rt.optouts.clear(number)
+    finally:
+        rt.close()
+    human = f"cleared {number}" if cleared else f"{number} was not opted out"
+    return emit(args, {"number": number, "cleared": cleared}, human)
+
+
 #: The subcommands, in ``--help`` order. Add a row to add a subcommand.
 COMMANDS: dict[str, Command] = {
     "send": Command("send an SMS now (SENDSMS)", _send_arguments, cmd_send),
     "status": Command("delivery status of an order (SMSSTATUS)", _order_arguments, cmd_status),
     "cancel": Command("cancel a scheduled order (REMOVE_DELAYED)", _order_arguments, cmd_cancel),
     "history": Command("orders sent between two dates (SMSHISTORY)", _range_arguments, cmd_history),
-    "credits": Command("available credits (CREDITS)", lambda p: None, cmd_credits),
-    "inbox": Command("received SMS (SRHISTORYBYID, SRNEWMESSAGES or SRHISTORY)", _inbox_arguments, cmd_inbox),
+    "credits": Command("available credits (CREDITS), or the balance stored in Redis", _credits_arguments, cmd_credits),
+    "inbox": Command("received SMS (SRHISTORYBYID, SRNEWMESSAGES or SRHISTORY), or --stored", _inbox_arguments, cmd_inbox),
+    "optouts": Command("numbers that sent STOP (sends refused); --clear NUMBER", _optouts_arguments, cmd_optouts),
     "simulator": Command("run the built-in fake provider", _simulator_arguments, cmd_simulator),
 }
 

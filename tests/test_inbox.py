@@ -6,12 +6,14 @@ messages come back through reconciliation (SRHISTORYBYID), and that nothing is d
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from mobyt_worker import cli
 from mobyt_worker.errors import InvalidInput, ProviderDisconnected, RecipientOptedOut
 from mobyt_worker.inbox import InboxStore
 from mobyt_worker.protocol import InboundMessage
@@ -189,3 +191,25 @@ def test_inbox_history_wraps_srhistory_and_srhistorybyid(simulator, start_proces
         assert bad.value.field == field, kwargs
     assert simulator.count("SRHISTORYBYID") + simulator.count("SRHISTORY") == before
     assert simulator.count("SRNEWMESSAGES") == 0  # a history query never consumes the inbox
+
+
+def test_cli_lists_and_clears_optouts_and_lists_the_stored_inbox(
+        runtime, inbox, worker_env, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in worker_env.items():
+        monkeypatch.setenv(name, value)
+    inbox.store(InboundMessage(4, "+33700000001", "0612345671", "STOP", None, "STOP"), source="push")
+    inbox.store(InboundMessage(5, "+33700000001", "+33612345672", "a|b;c +%", None, ""), source="poll")
+
+    assert cli.main(["optouts", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["number"] == "+33612345671" and row["message_id"] == 4
+    assert cli.main(["inbox", "--stored", "--json"]) == 0
+    assert [(m["id"], m["text"], m["source"]) for m in json.loads(capsys.readouterr().out)] == [
+        (5, "a|b;c +%", "poll"), (4, "STOP", "push")]
+
+    assert cli.main(["optouts", "--clear", "06 12 34 56 71"]) == 0  # any spelling of the number
+    assert capsys.readouterr().out.strip() == "cleared +33612345671"
+    assert runtime.optouts.all() == {}
+    assert cli.main(["optouts", "--clear", "+33612345671", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"number": "+33612345671", "cleared": False}
