@@ -29,7 +29,7 @@ from .errors import (
     ProviderUnavailable,
 )
 from .runtime import Runtime
-from .store import ACCEPTED, CANCELLED, OPEN_STATES, SCHEDULED, SENDING, UNSENT
+from .store import CANCELLED, FAILED, OPEN_STATES, SCHEDULED, SENDING, UNSENT
 from .worker import QUEUE, app
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,11 @@ def _record_acceptance(request: sms.SendRequest, order_id: str, credits: int | N
 
 
 def _send_result(order_id: str, request: sms.SendRequest, state: str, credits: int | None = None) -> dict[str, Any]:
-    status = {SCHEDULED: "scheduled"}.get(state, "accepted" if state not in (UNSENT, SENDING) else state)
+    """The task's result; a redelivered task reports what the first run achieved."""
+    if state == FAILED:
+        record = _runtime().store.get_order(order_id, with_history=False)
+        raise ProviderRejected(f"order {order_id} was refused earlier: {record.error or ''}", record.error_code or "")
+    status = {SCHEDULED: "scheduled", CANCELLED: "cancelled"}.get(state, "accepted")
     return {"order_id": order_id, "recipients": list(request.recipients),
             "credits": credits if credits is not None else request.credits, "status": status}
 

@@ -261,3 +261,28 @@ def test_redis_restart_while_workers_run(simulator, provider, worker_env, start_
         assert "Connected to redis" in worker.output().split("Connection to broker lost")[-1]
     finally:
         server.cleanup()
+
+
+def test_producer_helper_fixes_the_order_id_and_duplicate_enqueues_send_once(redis_url, simulator, start_process):
+    from mobyt_worker.producer import connect, send_sms
+
+    start_process("worker")
+    app = connect(redis_url)
+    first = send_sms(app, [DLVRD_NUMBER], "once", sender="ACME")
+    # a producer that retries its enqueue (or a duplicated message) names the same order
+    again = [send_sms(app, [DLVRD_NUMBER], "once", sender="ACME", order_id=first.order_id) for _ in range(3)]
+    replies = [e.result.get(timeout=20) for e in [first, *again]]
+    assert {r["order_id"] for r in replies} == {first.order_id}
+    assert {r["status"] for r in replies} == {"accepted"}
+    assert simulator.count("SENDSMS") == 1 and simulator.billed_sends(first.order_id) == 1
+
+
+def test_a_refused_order_stays_refused_when_enqueued_again(redis_url, simulator, start_process):
+    start_process("worker")
+    client = bare_client(redis_url)
+    simulator.inject_fault("SENDSMS", "ko", code="21", message="invalid parameter: sender")
+    for _ in range(2):
+        with pytest.raises(Exception) as info:
+            enqueue(client, recipients=[DLVRD_NUMBER], message="x", sender="ACME", order_id="REFUSED1").get(timeout=20)
+        assert type(info.value).__name__ == "ProviderRejected" and info.value.code == "21"
+    assert simulator.count("SENDSMS") == 1  # the second enqueue did not try again
