@@ -12,8 +12,10 @@ Key schema (``P`` is ``MOBYT_KEY_PREFIX``):
 key                          type    content
 ===========================  ======  ====================================================
 ``P:inbox:msg:{id}``         hash    id, receiver, sender, text, received_at (ISO-8601
-                                     with offset, or empty), keyword, source
-                                     (poll|push|reconcile), stored_at (ISO-8601 UTC)
+                                     with offset, or empty), keyword (the provider's, else
+                                     the text's first word: a push carries none), source
+                                     (poll|push|reconcile: the first arrival), stored_at
+                                     (ISO-8601 UTC), stop (1 for a STOP, else 0)
 ``P:inbox:ids``              zset    message id scored by id (listing, idempotency)
 ``P:inbound``                stream  one entry per message, first arrival only (below)
 ``P:inbox:hwm``              string  greatest message id ever stored
@@ -38,6 +40,13 @@ the high-water mark" would therefore never look at them again. ``P:inbox:reconci
 only moves when SRHISTORYBYID itself returned every message above it and each was
 stored, so anything a poll lost is at or above it, and the next reconciliation stores it.
 The store being idempotent, polls, pushes and reconciliations may overlap freely.
+
+There is deliberately no lock around SRNEWMESSAGES: two concurrent reads get disjoint
+sets (or, at worst, one of them loses its answer, which reconciliation repairs), and a
+lock held by a worker that died would delay every poll until its lease ran out.
+
+The first reconciliation of a fresh Redis starts from id 0: it stores the provider's
+whole inbox history once (source ``reconcile``), STOPs included.
 """
 
 from __future__ import annotations
