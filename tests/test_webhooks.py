@@ -161,6 +161,18 @@ def test_simulator_pushes_through_gunicorn_update_order_and_inbox_and_the_token_
     bad = requests.post(inbound_url, data=inbound_form(delivery_date="yesterday"), timeout=5)
     assert bad.status_code == 400 and bad.json()["field"] == "delivery_date"
 
+    def chunks(total: int):  # a generator body goes out chunked, without Content-Length
+        for _ in range(total // 1024):
+            yield b"a" * 1024
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    chunked = requests.post(inbound_url, data=chunks(MAX_BODY + 2048), headers=form, timeout=5)
+    assert chunked.status_code == 413
+    small = requests.post(inbound_url, data=iter([b"id=99&text=hi&sender=%2B33612345672&",
+                                                  b"recipient=%2B33700000001&delivery_date=20260309113910"]),
+                          headers=form, timeout=5)
+    assert small.status_code == 200 and web_runtime.inbox.get(99)["text"] == "hi"
+
     # the access log line of a request is written just after its answer
     wait_for(lambda: " 403 " in gunicorn.output() and " 400 " in gunicorn.output(), timeout=5,
              what="access log lines")
