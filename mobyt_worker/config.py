@@ -73,6 +73,7 @@ class Settings:
     read_timeout: float = 30.0
     pool_size: int = 64
     redis_url: str = "redis://localhost:6379/0"
+    sentinel_master: str = "mymaster"
     key_prefix: str = "mobyt"
     default_sender: str | None = None
     default_message_type: str = "N"
@@ -147,6 +148,7 @@ class Settings:
             redis_url=get("REDIS_URL", _redis_url, d.redis_url),
             key_prefix=get("MOBYT_KEY_PREFIX", _prefix, d.key_prefix),
             default_sender=get("MOBYT_DEFAULT_SENDER", str, d.default_sender),
+            sentinel_master=get("MOBYT_REDIS_SENTINEL_MASTER", str, d.sentinel_master),
             default_message_type=get("MOBYT_DEFAULT_MESSAGE_TYPE", _choice("N", "L"), d.default_message_type),
             non_gsm=get("MOBYT_NON_GSM", _choice("transliterate", "reject"), d.non_gsm),
             webhook_token=Secret(env.get("MOBYT_WEBHOOK_TOKEN", "")),

@@ -26,7 +26,7 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return connect(self.settings.redis_url)
+        return connect(self.settings.redis_url, sentinel_master=self.settings.sentinel_master)
 
     @cached_property
     def store(self) -> OrderStore:

@@ -12,7 +12,7 @@ from celery import Celery
 
 from .config import Settings
 from .runtime import Runtime
-from .store import REDIS_RETRY
+from .store import REDIS_RETRY, parse_sentinel_url
 
 #: All our tasks go to this queue; producers must name it (the helper in producer.py does).
 QUEUE = "mobyt"
@@ -78,8 +78,26 @@ def create_app(settings: Settings) -> Celery:
             "check-credits": _every("mobyt.check_credits", settings.credits_interval),
         },
     )
+    if settings.broker_key_prefix:
+        # Celery's own keys (queue, unacked, results) under a prefix too, for a Redis DB
+        # shared with others (the demo does this). Producers must set the same prefix.
+        for options in (app.conf.broker_transport_options, app.conf.result_backend_transport_options):
+            options["global_keyprefix"] = settings.broker_key_prefix
+    if settings.redis_url.startswith("sentinel://"):
+        _follow_sentinel(app, settings)
     app.runtime = Runtime(settings)  # type: ignore[attr-defined]
     return app
+
+
+def _follow_sentinel(app: Celery, settings: Settings) -> None:
+    """Broker, results and RedBeat all ask the sentinels for the current master."""
+    hosts, db, password = parse_sentinel_url(settings.redis_url)
+    master = settings.sentinel_master
+    app.conf.broker_transport_options["master_name"] = master
+    app.conf.result_backend_transport_options["master_name"] = master
+    app.conf.redbeat_redis_url = "redis-sentinel://"
+    app.conf.redbeat_redis_options.update(
+        {"sentinels": hosts, "service_name": master, "db": db, "password": password, "socket_timeout": 10})
 
 
 def _every(task: str, seconds: float, *, expires: float | None = None) -> dict[str, object]:

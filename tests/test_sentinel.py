@@ -1,0 +1,70 @@
+"""Redis behind Sentinel: workers, results, beat and the store all follow the master the
+sentinels name (REDIS_URL=sentinel://...)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import redis
+
+from mobyt_worker.store import OrderStore, connect, parse_sentinel_url
+
+from .support import RedisServer, free_port, wait_for
+
+NUMBER = "+33612345670"
+
+
+def test_parse_sentinel_url():
+    assert parse_sentinel_url("sentinel://:pw@h1:26379;sentinel://h2:26380/3") == (
+        [("h1", 26379), ("h2", 26380)], 3, "pw")
+    with pytest.raises(ValueError):
+        parse_sentinel_url("redis://h1:6379")
+
+
+@pytest.fixture
+def sentinel_url():
+    master = RedisServer().start()
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="mobyt-sentinel-"))
+    conf = workdir / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    f"sentinel monitor mobytmaster 127.0.0.1 {master.port} 1\n")
+    proc = subprocess.Popen([master.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    probe = redis.Redis(port=port)
+    wait_for(lambda: _master_known(probe), timeout=15, what="sentinel to know the master")
+    yield f"sentinel://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+    master.cleanup()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _master_known(client: redis.Redis) -> bool:
+    try:
+        return bool(client.sentinel_get_master_addr_by_name("mobytmaster"))
+    except redis.RedisError:
+        return False
+
+
+def test_send_through_sentinel_reaches_final_status(sentinel_url, simulator, start_process):
+    env = {"REDIS_URL": sentinel_url, "MOBYT_REDIS_SENTINEL_MASTER": "mobytmaster"}
+    start_process("worker", env=env)
+    start_process("beat", env=env)
+    from celery import Celery
+
+    producer = Celery("p", broker=sentinel_url, backend=sentinel_url)
+    producer.conf.update(broker_transport_options={"master_name": "mobytmaster"},
+                         result_backend_transport_options={"master_name": "mobytmaster"},
+                         task_serializer="json", accept_content=["json"])
+    reply = producer.send_task("mobyt.send_sms", queue="mobyt", kwargs={
+        "recipients": [NUMBER], "message": "via sentinel", "sender": "ACME"}).get(timeout=30)
+    store = OrderStore(connect(sentinel_url, sentinel_master="mobytmaster"), "mobyt")
+    record = wait_for(lambda: (r := store.get_order(reply["order_id"])) and r.final and r, timeout=30,
+                      what="final status via sentinel")
+    assert record.recipients[NUMBER].status == "DLVRD"
+    assert simulator.billed_sends(reply["order_id"]) == 1
