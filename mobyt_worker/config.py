@@ -95,6 +95,8 @@ class Settings:
     reconcile_interval: float = 300.0
     credits_interval: float = 600.0
     credit_threshold: int = 0
+    log_format: str = "text"
+    broker_key_prefix: str = ""
 
     def url_for(self, function: str) -> str:
         return self.base_url.rstrip("/") + self.paths[function]
@@ -146,9 +148,9 @@ class Settings:
             read_timeout=get("MOBYT_READ_TIMEOUT", _positive(float), d.read_timeout),
             pool_size=get("MOBYT_HTTP_POOL_SIZE", _positive(int), d.pool_size),
             redis_url=get("REDIS_URL", _redis_url, d.redis_url),
+            sentinel_master=get("MOBYT_REDIS_SENTINEL_MASTER", str, d.sentinel_master),
             key_prefix=get("MOBYT_KEY_PREFIX", _prefix, d.key_prefix),
             default_sender=get("MOBYT_DEFAULT_SENDER", str, d.default_sender),
-            sentinel_master=get("MOBYT_REDIS_SENTINEL_MASTER", str, d.sentinel_master),
             default_message_type=get("MOBYT_DEFAULT_MESSAGE_TYPE", _choice("N", "L"), d.default_message_type),
             non_gsm=get("MOBYT_NON_GSM", _choice("transliterate", "reject"), d.non_gsm),
             webhook_token=Secret(env.get("MOBYT_WEBHOOK_TOKEN", "")),
@@ -168,6 +170,8 @@ class Settings:
             reconcile_interval=get("MOBYT_RECONCILE_INTERVAL", _positive(float), d.reconcile_interval),
             credits_interval=get("MOBYT_CREDITS_INTERVAL", _positive(float), d.credits_interval),
             credit_threshold=get("MOBYT_CREDIT_THRESHOLD", _non_negative(int), d.credit_threshold),
+            log_format=get("MOBYT_LOG_FORMAT", _choice("text", "json"), d.log_format),
+            broker_key_prefix=get("MOBYT_BROKER_KEY_PREFIX", _broker_prefix, d.broker_key_prefix),
         )
 
     def require_credentials(self) -> None:
@@ -243,6 +247,12 @@ def _path(name: str) -> Callable[[str], str]:
 def _redis_url(raw: str) -> str:
     if urlsplit(raw).scheme not in ("redis", "rediss", "unix", "sentinel"):
         raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+    return raw
+
+
+def _broker_prefix(raw: str) -> str:
+    if not raw.replace("_", "").replace("-", "").replace(":", "").isalnum():
+        raise ValueError("must be letters, digits, '-', '_' or ':'")
     return raw
 
 
