@@ -211,7 +211,8 @@ return state
 """
 
 # Apply per-recipient statuses (from a poll or a push). A recipient changes at most once per
-# distinct status and never leaves a final status, so racing polls emit one event per change.
+# distinct status, never leaves a final status and never moves back (a late WAITING pushed
+# after WAIT4DLVR was polled), so racing polls and pushes emit one event per change.
 _APPLY = """
 local order, rcpt, hist, due, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local oid, rows, source, at = ARGV[1], cjson.decode(ARGV[2]), ARGV[3], ARGV[4]
@@ -220,13 +221,15 @@ local state = redis.call('HGET', order, 'state')
 if not state then return {'missing'} end
 if state == 'cancelled' or state == 'expired' or state == 'failed' then return {state} end
 local batch = redis.call('HGET', order, 'batch_id') or ''
+local RANK = {[''] = -1, SCHEDULED = 0, WAITING = 1, UNKNOWN = 1, SENT = 2, WAIT4DLVR = 3}
 local changes = {}
 for _, row in ipairs(rows) do
   local r, st, dd, fin = row[1], row[2], row[3], row[4]
   local cur = redis.call('HGET', rcpt, r)
   local prev, was_final = '', 0
   if cur then local c = cjson.decode(cur); prev = c['status']; was_final = c['final'] end
-  if prev ~= st and was_final ~= 1 then
+  local forward = fin == 1 or (RANK[st] or 1) >= (RANK[prev] or 1)
+  if prev ~= st and was_final ~= 1 and forward then
     redis.call('HSET', rcpt, r, cjson.encode({status=st, delivered_at=dd, changed_at=at, final=fin}))
     redis.call('RPUSH', hist, cjson.encode({at=at, recipient=r, status=st, previous=prev, source=source}))
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'status', 'order_id', oid,

@@ -143,3 +143,12 @@ def test_recent_orders_filters_by_state(store):
     store.claim_send("O2", {"message_type": "N"}, lock_seconds=5)
     assert [r.order_id for r in store.recent_orders()] == ["O2", "O1"]
     assert [r.order_id for r in store.recent_orders(states=["accepted"])] == ["O1"]
+
+
+def test_a_late_earlier_status_does_not_move_a_recipient_back(store):
+    accept(store, recipients=(A,))
+    assert store.apply_statuses("O1", [RecipientStatus(A, Status.WAIT4DLVR, None)], source="poll")
+    assert store.apply_statuses("O1", [RecipientStatus(A, Status.WAITING, None)], source="push") == []
+    assert store.get_order("O1").recipients[A].status == "WAIT4DLVR"
+    assert store.apply_statuses("O1", [RecipientStatus(A, Status.ERROR, None)], source="push")
+    assert store.get_order("O1").recipients[A].status == "ERROR"
