@@ -582,10 +582,11 @@ def test_failed_push_is_logged_without_the_secret(sim: ProviderSimulator, caplog
     unused = Receiver()
     url = unused.url
     unused.close()  # nothing listens there any more
-    sim.configure_push(inbound_url=url + "/inbound?token=SECRET-TOKEN")
+    sim.configure_push(inbound_url=url + "/callbacks/PATH-TOKEN/inbound?token=SECRET-TOKEN")
     sim.add_inbound("+33612345670", "hello")
     wait_for(lambda: "push to" in caplog.text)
-    assert "SECRET-TOKEN" not in caplog.text and url + "/inbound" in caplog.text
+    assert "SECRET-TOKEN" not in caplog.text and "PATH-TOKEN" not in caplog.text
+    assert url in caplog.text
 
 
 # --- control endpoints, secrecy, HTTP behaviour ----------------------------------------------
