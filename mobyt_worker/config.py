@@ -85,6 +85,7 @@ class Settings:
     bulk_chunk_size: int = 500
     send_rate_limit: float = 0.0
     event_task: str | None = None
+    event_queue: str = "celery"
     stream_maxlen: int = 100_000
     order_ttl: int = 30 * 24 * 3600
     poll_tick: float = 5.0
@@ -160,6 +161,7 @@ class Settings:
             bulk_chunk_size=get("MOBYT_BULK_CHUNK_SIZE", _positive(int), d.bulk_chunk_size),
             send_rate_limit=get("MOBYT_SEND_RATE_LIMIT", _non_negative(float), d.send_rate_limit),
             event_task=get("MOBYT_EVENT_TASK", str, d.event_task),
+            event_queue=get("MOBYT_EVENT_QUEUE", str, d.event_queue),
             stream_maxlen=get("MOBYT_STREAM_MAXLEN", _positive(int), d.stream_maxlen),
             order_ttl=get("MOBYT_ORDER_TTL", _positive(int), d.order_ttl),
             poll_tick=get("MOBYT_POLL_TICK", _positive(float), d.poll_tick),

@@ -8,6 +8,7 @@ process (never per task) and shared by all threads.
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING, Any, Sequence
 
 import redis
 
@@ -19,10 +20,33 @@ from .optouts import OptOuts
 from .ratelimit import RateLimiter
 from .store import OrderStore, connect
 
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .protocol import RecipientStatus
+
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, producer: Celery | None = None) -> None:
         self.settings = settings
+        if producer is not None:
+            self.__dict__["producer"] = producer
+
+    @cached_property
+    def producer(self) -> Celery:
+        """Celery app used to call MOBYT_EVENT_TASK; workers pass their own, others build one."""
+        from .worker import create_app  # noqa: PLC0415 - only processes that emit need Celery
+
+        return create_app(self.settings)
+
+    def record_statuses(self, order_id: str, rows: Sequence[RecipientStatus], *, source: str) -> list[dict[str, Any]] | str:
+        """Apply statuses from a poll or a push, then hand each change to MOBYT_EVENT_TASK."""
+        changes = self.store.apply_statuses(order_id, rows, source=source)
+        name = self.settings.event_task
+        if name and isinstance(changes, list):
+            for change in changes:
+                self.producer.send_task(name, kwargs={"event": change}, queue=self.settings.event_queue)
+        return changes
 
     @cached_property
     def redis(self) -> redis.Redis:

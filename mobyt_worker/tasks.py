@@ -60,14 +60,6 @@ def chunk_order_id(batch_id: str, index: int) -> str:
     return hashlib.sha256(f"{batch_id}:{index}".encode()).hexdigest()[:32]
 
 
-def _emit(changes: list[dict[str, Any]]) -> None:
-    """Hand each status change to the configured event task, if any."""
-    name = _runtime().settings.event_task
-    if name:
-        for change in changes:
-            app.send_task(name, kwargs={"event": change})
-
-
 # --- send --------------------------------------------------------------------------------
 
 
@@ -163,7 +155,7 @@ def _already_accepted(order_id: str, request: sms.SendRequest) -> bool:
         return False
     log.info("order %s: earlier ambiguous attempt was accepted by the provider", order_id)
     _record_acceptance(request, order_id, credits=None)
-    rt.store.apply_statuses(order_id, rows, source="poll")
+    rt.record_statuses(order_id, rows, source="poll")
     return True
 
 
@@ -250,9 +242,7 @@ def poll_status(order_id: str) -> dict[str, Any]:
                 store.note_error(order_id, exc)
                 store.reschedule_poll(order_id, rt.settings.poll_intervals[min(record.polls, len(rt.settings.poll_intervals) - 1)])
                 raise
-            changes = store.apply_statuses(order_id, rows, source="poll")
-            if isinstance(changes, list):
-                _emit(changes)
+            rt.record_statuses(order_id, rows, source="poll")
     return store.get_order(order_id, with_history=False).to_dict()
 
 
@@ -272,7 +262,7 @@ def _settle_unfinished_send(order_id: str, state: str) -> None:
         record = rt.store.get_order(order_id, with_history=False)
         rt.store.mark_accepted(order_id, scheduled=False, recipients=[r.recipient for r in rows],
                                first_poll_at=time.time())
-        rt.store.apply_statuses(order_id, rows, source="poll")
+        rt.record_statuses(order_id, rows, source="poll")
         log.info("order %s: settled as accepted (was %s, %d attempts)", order_id, state, record.attempts)
     else:
         rt.store.mark_failed(order_id, ProviderRejected("the send could not be completed; nothing was billed"))

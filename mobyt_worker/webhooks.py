@@ -183,7 +183,7 @@ class WebhookApp:
         code = _field(form, "status", _status_code)
         delivered = _date(form, "delivery_date", tz, required=False)
         row = RecipientStatus(recipient, code, delivered)
-        result = self.runtime.store.apply_statuses(order_id, [row], source="push")
+        result = self.runtime.record_statuses(order_id, [row], source="push")
         if isinstance(result, str):
             log.info("status push for order %s ignored: %s", order_id, result)
             return {"ok": True, "ignored": result}

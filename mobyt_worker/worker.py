@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> Celery:
             options["global_keyprefix"] = settings.broker_key_prefix
     if settings.redis_url.startswith("sentinel://"):
         _follow_sentinel(app, settings)
-    app.runtime = Runtime(settings)  # type: ignore[attr-defined]
+    app.runtime = Runtime(settings, producer=app)  # type: ignore[attr-defined]
     return app
 
 

@@ -286,3 +286,44 @@ def test_a_refused_order_stays_refused_when_enqueued_again(redis_url, simulator,
             enqueue(client, recipients=[DLVRD_NUMBER], message="x", sender="ACME", order_id="REFUSED1").get(timeout=20)
         assert type(info.value).__name__ == "ProviderRejected" and info.value.code == "21"
     assert simulator.count("SENDSMS") == 1  # the second enqueue did not try again
+
+
+def _queued_events(redis_url: str, queue: str) -> list[dict]:
+    import base64
+    import json
+
+    r = redis.Redis.from_url(redis_url)
+    out = []
+    for raw in r.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == "partner.sms_event"
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        out.append(kwargs["event"])
+    return out
+
+
+def test_each_status_change_is_handed_to_the_configured_event_task(redis_url, simulator, start_process, runtime):
+    env = {"MOBYT_EVENT_TASK": "partner.sms_event", "MOBYT_EVENT_QUEUE": "partner"}
+    start_process("worker", env=env)
+    start_process("beat", env=env)
+    reply = enqueue(bare_client(redis_url), recipients=[DLVRD_NUMBER], message="hi", sender="ACME").get(timeout=20)
+    wait_final(order_store(redis_url), reply["order_id"])
+    polled = _queued_events(redis_url, "partner")
+    assert [e["status"] for e in polled if e["order_id"] == reply["order_id"]][-1] == "DLVRD"
+    assert len({(e["recipient"], e["status"]) for e in polled}) == len(polled)  # each change once
+
+    # a push goes through the same Runtime.record_statuses as a poll
+    from dataclasses import replace
+
+    from mobyt_worker.protocol import RecipientStatus, Status
+    from mobyt_worker.runtime import Runtime
+
+    pushed = Runtime(replace(runtime.settings, event_task="partner.sms_event", event_queue="partner2"))
+    store = pushed.store
+    _, _, token = store.claim_send("PUSHED1", {"message_type": "N"}, lock_seconds=5)
+    store.mark_accepted("PUSHED1", scheduled=False, recipients=[ERROR_NUMBER], first_poll_at=0)
+    pushed.record_statuses("PUSHED1", [RecipientStatus(ERROR_NUMBER, Status.ERROR, None)], source="push")
+    pushed.record_statuses("PUSHED1", [RecipientStatus(ERROR_NUMBER, Status.ERROR, None)], source="push")
+    [event] = _queued_events(redis_url, "partner2")
+    assert (event["order_id"], event["status"], event["source"]) == ("PUSHED1", "ERROR", "push")
+    pushed.close()
