@@ -143,6 +143,13 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
         store.release_send(order_id, token)
 
 
+def _provider_knows(order_id: str) -> bool:
+    try:
+        return bool(_runtime().client.sms_status(order_id))
+    except ProviderRejected:
+        return False
+
+
 def _already_accepted(order_id: str, request: sms.SendRequest) -> bool:
     """Resolve an attempt whose outcome is unknown: did the provider get it?"""
     rt = _runtime()
@@ -285,7 +292,14 @@ def cancel(order_id: str) -> dict[str, Any]:
         raise OrderNotCancellable(order_id, f"it is {record.state}, not scheduled")
     if record.scheduled_at and datetime.fromisoformat(record.scheduled_at) <= datetime.now(timezone.utc):
         raise OrderNotCancellable(order_id, f"its scheduled time {record.scheduled_at} has passed")
-    rt.client.remove_delayed(order_id)
+    try:
+        rt.client.remove_delayed(order_id)
+    except ProviderRejected:
+        # REMOVE_DELAYED is retried on transient errors; if an earlier try was applied and
+        # its answer lost, the retry is refused. The provider forgetting the order says so.
+        if _provider_knows(order_id):
+            raise
+        log.info("order %s: REMOVE_DELAYED refused but the order is gone: cancelled", order_id)
     rt.store.mark_cancelled(order_id)
     return rt.store.get_order(order_id, with_history=False).to_dict()
 

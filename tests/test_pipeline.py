@@ -327,3 +327,14 @@ def test_each_status_change_is_handed_to_the_configured_event_task(redis_url, si
     [event] = _queued_events(redis_url, "partner2")
     assert (event["order_id"], event["status"], event["source"]) == ("PUSHED1", "ERROR", "push")
     pushed.close()
+
+
+def test_cancel_whose_answer_was_lost_still_ends_cancelled(redis_url, simulator, start_process):
+    start_process("worker")
+    client = bare_client(redis_url)
+    when = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    reply = enqueue(client, recipients=[DLVRD_NUMBER], message="later", sender="ACME", scheduled_at=when).get(timeout=20)
+    simulator.inject_fault("REMOVE_DELAYED", "lost_answer")  # removed, but the answer never came
+    record = client.send_task("mobyt.cancel", kwargs={"order_id": reply["order_id"]}, queue="mobyt").get(timeout=30)
+    assert record["state"] == "cancelled"
+    assert simulator.count("REMOVE_DELAYED") == 2  # the retry was refused: the order was gone
