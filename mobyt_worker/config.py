@@ -111,9 +111,11 @@ class Settings:
         if environ is None:
             env: dict[str, str] = {}
             if dotenv:
-                from dotenv import dotenv_values
+                from dotenv import dotenv_values, find_dotenv
 
-                env.update({k: v for k, v in dotenv_values().items() if v is not None})
+                # the working directory's .env (or a parent's), not the package's
+                found = find_dotenv(usecwd=True)
+                env.update({k: v for k, v in dotenv_values(found).items() if v is not None} if found else {})
             env.update(os.environ)
         else:
             env = dict(environ)

@@ -1,0 +1,85 @@
+"""Settings: every bad variable is named at start-up; secrets never print."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from mobyt_worker.config import DEFAULT_PATHS, Secret, Settings
+from mobyt_worker.errors import ConfigError
+
+
+def test_defaults_follow_the_spec():
+    s = Settings.from_env({})
+    assert s.base_url == "https://api.moby.fr" and s.redis_url == "redis://localhost:6379/0"
+    assert s.timezone.key == "Europe/Paris" and s.country == "FR"
+    assert s.url_for("SENDSMS") == "https://api.moby.fr/Moby/SENDSMS"
+    assert s.url_for("REMOVE_DELAYED") == "https://api.moby.fr/Mobyt/REMOVE_DELAYED"
+    assert set(s.paths) == set(DEFAULT_PATHS)
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("MOBYT_BASE_URL", "ftp://api.moby.fr"),
+        ("MOBYT_BASE_URL", "https://user:pw@api.moby.fr"),
+        ("MOBYT_PATH_SENDSMS", "Moby/SENDSMS"),
+        ("MOBYT_TIMEZONE", "Mars/Olympus"),
+        ("MOBYT_COUNTRY", "France"),
+        ("MOBYT_CONNECT_TIMEOUT", "0"),
+        ("MOBYT_READ_TIMEOUT", "soon"),
+        ("REDIS_URL", "http://localhost:6379"),
+        ("MOBYT_KEY_PREFIX", "a b"),
+        ("MOBYT_DEFAULT_MESSAGE_TYPE", "X"),
+        ("MOBYT_NON_GSM", "ucs2"),
+        ("MOBYT_WORKER_CONCURRENCY", "-4"),
+        ("MOBYT_POLL_INTERVALS", "15,0,30"),
+        ("MOBYT_SEND_RATE_LIMIT", "-1"),
+        ("MOBYT_CREDIT_THRESHOLD", "1.5"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({variable: value})
+    assert info.value.variable == variable
+    assert str(info.value).startswith(f"{variable}:")
+
+
+def test_values_are_parsed():
+    s = Settings.from_env({"MOBYT_POLL_INTERVALS": "1,2.5", "MOBYT_DEFAULT_MESSAGE_TYPE": "l",
+                           "MOBYT_COUNTRY": "be", "MOBYT_PATH_SMSSTATUS": "/Mobyt/SMSSTATUS"})
+    assert s.poll_intervals == (1.0, 2.5) and s.default_message_type == "L" and s.country == "BE"
+    assert s.url_for("SMSSTATUS").endswith("/Mobyt/SMSSTATUS")
+
+
+def test_credentials_are_required_only_to_call_the_provider():
+    s = Settings.from_env({})
+    with pytest.raises(ConfigError) as info:
+        s.require_credentials()
+    assert info.value.variable == "MOBYT_LOGIN"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"MOBYT_LOGIN": "acme"}).require_credentials()
+    assert info.value.variable == "MOBYT_PASSWORD"
+
+
+def test_secrets_never_print(caplog):
+    s = Settings.from_env({"MOBYT_LOGIN": "acme", "MOBYT_PASSWORD": "hunter2-pw", "MOBYT_WEBHOOK_TOKEN": "tok-9z"})
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("test").info("settings: %s %r", s, s)
+    for text in (repr(s), str(s), caplog.text, repr(s.password), f"{s.webhook_token}"):
+        assert "hunter2-pw" not in text and "tok-9z" not in text
+    assert s.password.reveal() == "hunter2-pw"
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(Secret("x"))
+
+
+def test_dotenv_file_is_read_and_the_environment_wins(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("MOBYT_LOGIN=from-file\nMOBYT_COUNTRY=IT\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MOBYT_COUNTRY", "ES")
+    monkeypatch.delenv("MOBYT_LOGIN", raising=False)
+    s = Settings.from_env()
+    assert s.login == "from-file" and s.country == "ES"
