@@ -322,6 +322,12 @@ def cmd_optouts(args: argparse.Namespace) -> int:
     return emit(args, {"number": number, "cleared": cleared}, human)
 
 
+def _demo() -> int:
+    from . import demo  # starts processes; only this command needs it
+
+    return demo.run()
+
+
 #: The subcommands, in ``--help`` order. Add a row to add a subcommand.
 COMMANDS: dict[str, Command] = {
     "send": Command("send an SMS now (SENDSMS)", _send_arguments, cmd_send),
@@ -332,6 +338,8 @@ COMMANDS: dict[str, Command] = {
     "inbox": Command("received SMS (SRHISTORYBYID, SRNEWMESSAGES or SRHISTORY), or --stored", _inbox_arguments, cmd_inbox),
     "optouts": Command("numbers that sent STOP (sends refused); --clear NUMBER", _optouts_arguments, cmd_optouts),
     "simulator": Command("run the built-in fake provider", _simulator_arguments, cmd_simulator),
+    "demo": Command("the whole story on this machine against the simulator (no account needed)",
+                    lambda p: None, lambda args: _demo()),
 }
 
 
