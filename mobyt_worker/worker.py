@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun
 
+from . import logs
 from .config import Settings
 from .runtime import Runtime
 from .store import REDIS_RETRY, parse_sentinel_url
@@ -107,3 +109,29 @@ def _every(task: str, seconds: float, *, expires: float | None = None) -> dict[s
 
 
 app = create_app(Settings.from_env())
+
+
+# --- structured logs (see logs.py): task and order ids on every line, numbers masked ---------
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _structured_logs(logger: object, **_: object) -> None:
+    s = app.runtime.settings  # type: ignore[attr-defined]
+    logs.configure(logger, s.log_format, secrets=(s.password.reveal(), s.webhook_token.reveal()))  # type: ignore[arg-type]
+
+
+@task_prerun.connect
+def _bind_log_context(task_id: str, task: object, kwargs: dict | None = None, **_: object) -> None:
+    name = getattr(task, "name", None)
+    order_id = (kwargs or {}).get("order_id")
+    if not order_id and name == "mobyt.send_sms":
+        from .tasks import order_id_for_task  # the id send_sms derives from the task id
+
+        order_id = order_id_for_task(task_id)
+    logs.bind(task=name, task_id=task_id, order_id=order_id if isinstance(order_id, str) else None)
+
+
+@task_postrun.connect
+def _clear_log_context(**_: object) -> None:
+    logs.clear()
