@@ -115,7 +115,8 @@ def test_a_real_worker_logs_each_send_with_its_ids_and_no_number_or_password(red
     def lines_of(task_id: str) -> list[dict]:
         return [line for line in json_lines(worker.output()) if line["task_id"] == task_id]
 
-    wait_for(lambda: len(lines_of(refused.id)) >= 2, timeout=10, what="the refused task's lines")
+    wait_for(lambda: all(len(lines_of(r.id)) >= 2 for r in (given, derived, refused)), timeout=10,
+             what="each task's lines")  # a result may be stored before its task's last line is written
     for result, oid in ((given, "LOGGED1"), (derived, order_id)):
         received, *during = lines_of(result.id)
         assert received["message"].startswith(f"Task mobyt.send_sms[{result.id}] received")
