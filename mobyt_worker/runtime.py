@@ -16,6 +16,7 @@ from .client import MobytClient
 from .config import Settings
 from .credits import CreditsWatch
 from .inbox import InboxStore
+from .metrics import Metrics
 from .optouts import OptOuts
 from .ratelimit import RateLimiter
 from .store import OrderStore, connect
@@ -42,6 +43,8 @@ class Runtime:
     def record_statuses(self, order_id: str, rows: Sequence[RecipientStatus], *, source: str) -> list[dict[str, Any]] | str:
         """Apply statuses from a poll or a push, then hand each change to MOBYT_EVENT_TASK."""
         changes = self.store.apply_statuses(order_id, rows, source=source)
+        if isinstance(changes, list) and changes:
+            self.metrics.status_changes(changes, source)
         name = self.settings.event_task
         if name and isinstance(changes, list):
             for change in changes:
@@ -80,9 +83,16 @@ class Runtime:
 
     @cached_property
     def client(self) -> MobytClient:
-        return MobytClient(self.settings)
+        return MobytClient(self.settings, on_request=self.metrics.provider_request)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """Counters of this process, flushed to Redis each second; see metrics.py."""
+        return Metrics(self.redis, self.settings.key_prefix)
 
     def close(self) -> None:
+        if "metrics" in self.__dict__:
+            self.metrics.flush()
         if "client" in self.__dict__:
             self.client.close()
         if "redis" in self.__dict__:

@@ -8,6 +8,8 @@ the secret is part of the URL you give it):
 ``POST /callbacks/TOKEN/inbound``  form fields ``id``, ``text``, ``sender``,
                                    ``recipient``, ``delivery_date``
 ``GET /healthz``                   200 when Redis answers, else 503 (for load balancers)
+``GET /metrics``                   Prometheus text format of every worker's counters (metrics.py);
+                                   no token: keep it off the public side of your proxy
 
 Answers are small JSON documents: 200 ``{"ok": true, ...}``; 400 ``{"error":
 "invalid", "field": NAME, "message": ...}`` for a missing or malformed field (or a
@@ -38,6 +40,7 @@ from urllib.parse import unquote_plus
 
 import redis
 
+from . import metrics
 from .config import Settings
 from .errors import ConfigError, InvalidInput, ProviderBadResponse
 from .inbox import first_word
@@ -124,6 +127,8 @@ class WebhookApp:
         self._health = redis.Redis.from_url(runtime.settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        if environ.get("PATH_INFO") == "/metrics" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return self._metrics(environ, start_response)
         headers: list[tuple[str, str]] = []
         try:
             status, body = 200, self._dispatch(environ)
@@ -144,6 +149,16 @@ class WebhookApp:
             *headers,
         ])
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [payload]
+
+    def _metrics(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        """Prometheus text format: every process's counters, from Redis (see metrics.py)."""
+        try:
+            status, body, kind = "200 OK", self.runtime.metrics.render(), metrics.CONTENT_TYPE
+        except redis.RedisError as exc:
+            log.warning("metrics unavailable, Redis: %s", type(exc).__name__)
+            status, body, kind = "503 Service Unavailable", b"redis unavailable\n", "text/plain; charset=utf-8"
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     # --- routing -----------------------------------------------------------------------
 
@@ -198,6 +213,8 @@ class WebhookApp:
         received_at = _date(form, "delivery_date", tz, required=True)
         message = InboundMessage(message_id, receiver, sender, text, received_at, first_word(text))
         new = self.runtime.inbox.store(message, source="push")
+        if new:
+            self.runtime.metrics.inc("inbox_messages", source="push")
         return {"ok": True, "new": new}
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    task_success,
+)
 
 from . import logs
 from .config import Settings
@@ -135,3 +143,21 @@ def _bind_log_context(task_id: str, task: object, kwargs: dict | None = None, **
 @task_postrun.connect
 def _clear_log_context(**_: object) -> None:
     logs.clear()
+
+
+# --- metrics (see metrics.py): task outcomes counted in memory, flushed to Redis ------------
+
+
+@task_success.connect
+def _count_success(sender: object = None, result: object = None, **_: object) -> None:
+    app.runtime.metrics.task_succeeded(getattr(sender, "name", ""), result)  # type: ignore[attr-defined]
+
+
+@task_failure.connect
+def _count_failure(sender: object = None, exception: BaseException | None = None, **_: object) -> None:
+    app.runtime.metrics.task_failed(getattr(sender, "name", ""), exception)  # type: ignore[attr-defined]
+
+
+@task_retry.connect
+def _count_retry(sender: object = None, reason: object = None, **_: object) -> None:
+    app.runtime.metrics.task_retried(getattr(sender, "name", ""), reason)  # type: ignore[attr-defined]

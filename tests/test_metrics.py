@@ -1,0 +1,166 @@
+"""Metrics: counted in memory per process, flushed to Redis, rendered by the web process at
+GET /metrics; first on their own, then after real sends through a real worker and beat."""
+
+from __future__ import annotations
+
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from mobyt_worker.config import Settings
+from mobyt_worker.credits import CreditsWatch
+from mobyt_worker.errors import InvalidInput, ProviderRejected, ProviderTimeout, RecipientOptedOut
+from mobyt_worker.metrics import Metrics
+from mobyt_worker.protocol import CreditRow
+from mobyt_worker.runtime import Runtime
+from mobyt_worker.webhooks import create_app
+
+from .producer import bare_client, call
+from .support import free_port, wait_for
+
+TOKEN = "metrics-test-token"
+DLVRD, ERROR = "+33612345670", "+33612345676"
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``{(sample name, sorted labels): value}`` of a Prometheus text page."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(page: dict, name: str, **labels: str) -> float | None:
+    return page.get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield c
+    c.close()
+
+
+def test_counters_and_histograms_from_several_processes_add_up(client):
+    first, second = Metrics(client, "mobyt", flush_interval=60), Metrics(client, "mobyt", flush_interval=60)
+    first.task_succeeded("mobyt.send_sms", {"status": "accepted"})
+    second.task_succeeded("mobyt.send_sms", {"status": "accepted"})
+    second.task_failed("mobyt.send_sms", RecipientOptedOut("recipients", "opted out"))
+    second.task_failed("mobyt.send_sms", ProviderRejected("no credits", "30"))
+    first.task_failed("mobyt.poll_status", ProviderTimeout("slow"))
+    first.task_retried("mobyt.send_sms", ProviderTimeout("slow"))
+    first.task_succeeded("mobyt.poll_inbox", {"new": 3})
+    for seconds in (0.004, 0.04, 0.04, 42.0):
+        first.provider_request("SENDSMS", seconds, "ok")
+    first.status_changes([{"status": "DLVRD"}, {"status": "ERROR"}, {"status": "DLVRD"}], "poll")
+    assert first.flush() > 0 and second.flush() > 0
+    assert first.flush() == 0  # nothing new
+
+    page = samples(first.render().decode())
+    assert value(page, "mobyt_sends_total", outcome="accepted") == 2
+    assert value(page, "mobyt_sends_total", outcome="opted_out") == 1
+    assert value(page, "mobyt_sends_total", outcome="refused") == 1
+    assert value(page, "mobyt_task_failures_total", task="mobyt.send_sms", kind="ProviderRejected") == 1
+    assert value(page, "mobyt_status_polls_total", outcome="ProviderTimeout") == 1
+    assert value(page, "mobyt_task_retries_total", task="mobyt.send_sms", kind="ProviderTimeout") == 1
+    assert value(page, "mobyt_inbox_messages_total", source="poll") == 3
+    assert value(page, "mobyt_status_changes_total", status="DLVRD", source="poll") == 2
+    assert value(page, "mobyt_provider_requests_total", function="SENDSMS", outcome="ok") == 4
+    assert value(page, "mobyt_provider_request_seconds_bucket", function="SENDSMS", le="0.005") == 1
+    assert value(page, "mobyt_provider_request_seconds_bucket", function="SENDSMS", le="0.05") == 3
+    assert value(page, "mobyt_provider_request_seconds_bucket", function="SENDSMS", le="30.0") == 3
+    assert value(page, "mobyt_provider_request_seconds_bucket", function="SENDSMS", le="+Inf") == 4
+    assert value(page, "mobyt_provider_request_seconds_count", function="SENDSMS") == 4
+    assert value(page, "mobyt_provider_request_seconds_sum", function="SENDSMS") == pytest.approx(42.084)
+
+
+def test_gauges_are_read_from_what_the_workers_keep(client):
+    CreditsWatch(client, "mobyt").record([CreditRow("N", "FR", 120), CreditRow("EE", "", 7)])
+    client.zadd("mobyt:poll:due", {"o1": 1, "o2": 2})
+    page = samples(Metrics(client, "mobyt").render().decode())
+    assert value(page, "mobyt_credits_available", type="N", nation="FR") == 120
+    assert value(page, "mobyt_credits_available", type="EE", nation="") == 7
+    assert value(page, "mobyt_orders_due") == 2
+    assert value(page, "mobyt_inbox_messages_stored") == 0
+
+
+def test_a_failed_flush_keeps_the_counts_for_the_next_one(client):
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    metrics = Metrics(down, "mobyt", flush_interval=60)
+    metrics.task_failed("mobyt.send_sms", InvalidInput("message", "empty"))
+    assert metrics.flush() == 0
+    metrics.redis = client
+    assert metrics.flush() == 2
+    assert value(samples(metrics.render().decode()), "mobyt_sends_total", outcome="invalid") == 1
+
+
+def test_a_misnamed_series_is_refused(client):
+    metrics = Metrics(client, "mobyt")
+    with pytest.raises(KeyError):
+        metrics.inc("sent")
+    with pytest.raises(ValueError):
+        metrics.inc("sends", status="accepted")
+    with pytest.raises(ValueError):
+        metrics.observe("sends", 1.0, outcome="accepted")
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def web(worker_env: dict[str, str]) -> Iterator[str]:
+    """The web process's app in a wsgiref server; yields its base URL."""
+    runtime = Runtime(Settings.from_env({**worker_env, "MOBYT_WEBHOOK_TOKEN": TOKEN}))
+    server = make_server("127.0.0.1", 0, create_app(runtime), server_class=_ThreadingServer, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    runtime.close()
+
+
+def test_after_real_sends_get_metrics_shows_sends_latency_polls_statuses_and_credits(
+        redis_url, simulator, start_process, web):
+    start_process("worker")
+    start_process("beat")
+    simulator.configure_push(status_url=None, inbound_url=f"{web}/callbacks/{TOKEN}/inbound")
+    producer = bare_client(redis_url)
+    order_id = call(producer, "mobyt.send_sms", recipients=[DLVRD, ERROR], message="hello").get(timeout=20)["order_id"]
+    with pytest.raises(InvalidInput):
+        call(producer, "mobyt.send_sms", recipients=["+336"], message="hello").get(timeout=20)
+    simulator.add_inbound("+33612345672", "Bonjour")
+
+    def scraped() -> dict | None:
+        answer = requests.get(f"{web}/metrics", timeout=5)
+        assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain; version=")
+        page = samples(answer.text)
+        wanted = [value(page, "mobyt_status_changes_total", status=s, source="poll") for s in ("DLVRD", "ERROR")]
+        wanted += [value(page, "mobyt_credits_available", type="N", nation="FR"),
+                   value(page, "mobyt_inbox_messages_total", source="push")]
+        return page if all(wanted) else None
+
+    page = wait_for(scraped, timeout=20, interval=0.3, what="statuses, credits and the inbound SMS in /metrics")
+    assert value(page, "mobyt_sends_total", outcome="accepted") == 1
+    assert value(page, "mobyt_sends_total", outcome="invalid") == 1
+    assert value(page, "mobyt_task_failures_total", task="mobyt.send_sms", kind="InvalidInput") == 1
+    assert value(page, "mobyt_provider_requests_total", function="SENDSMS", outcome="ok") == 1
+    assert value(page, "mobyt_provider_request_seconds_count", function="SENDSMS") == 1
+    assert 0 < value(page, "mobyt_provider_request_seconds_sum", function="SENDSMS") < 2
+    assert value(page, "mobyt_status_changes_total", status="DLVRD", source="poll") == 1
+    polls = simulator.count("SMSSTATUS")
+    assert 1 <= value(page, "mobyt_status_polls_total", outcome="ok") <= polls
+    assert value(page, "mobyt_credits_available", type="N", nation="FR") == simulator.credits()[("N", "FR")]
+    assert value(page, "mobyt_inbox_messages_total", source="push") == 1
+    assert value(page, "mobyt_orders_due") == 0
+    assert order_id not in requests.get(f"{web}/metrics", timeout=5).text  # no per-order series
