@@ -24,8 +24,10 @@ import argparse
 import dataclasses
 import enum
 import json
+import os
 import sys
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Callable, Sequence
@@ -34,7 +36,8 @@ from . import errors
 from .client import MobytClient
 from .config import Settings
 from .runtime import Runtime
-from .sms import build_send_request, normalize_recipient
+from .sms import build_send_request, normalize_recipient, validate_order_id
+from .store import STATES, OrderRecord
 
 #: The exit-code table of this docstring, shown by every ``--help``.
 EPILOG = __doc__[__doc__.index("Exit codes:") : __doc__.index("\n\nErrors are")] if __doc__ else ""
@@ -79,11 +82,13 @@ def _cell(value: Any) -> str:
     return str(value).replace("\r", "\\r").replace("\n", "\\n")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Aligned columns, two spaces apart; '-' for empty cells."""
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], paint: Callable[[str], str] | None = None) -> str:
+    """Aligned columns, two spaces apart; '-' for empty cells. ``paint`` colours body cells."""
     cells = [list(headers)] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    body = paint or (lambda c: c)
+    return "\n".join("  ".join((body(c) if i else c) + " " * (w - len(c)) for c, w in zip(row, widths)).rstrip()
+                     for i, row in enumerate(cells))
 
 
 def emit(args: argparse.Namespace, data: Any, human: str) -> int:
@@ -322,6 +327,120 @@ def cmd_optouts(args: argparse.Namespace) -> int:
     return emit(args, {"number": number, "cleared": cleared}, human)
 
 
+# --- orders tracked in Redis ----------------------------------------------------------
+
+#: Terminal colours (SGR codes) of statuses and order states.
+_GOOD, _BAD, _OPEN, _DIM = "32", "31", "33", "2"
+_COLOURS = {
+    **dict.fromkeys(("DLVRD", "completed"), _GOOD),
+    **dict.fromkeys(("ERROR", "TIMEOUT", "TOOM4NUM", "TOOM4USER", "UNKNPFX", "UNKNRCPT", "BLACKLISTED", "UNKNOWN",
+                     "failed", "expired"), _BAD),
+    **dict.fromkeys(("SCHEDULED", "SENT", "WAIT4DLVR", "WAITING", "pending", "sending", "unsent", "scheduled",
+                     "accepted"), _OPEN),
+    "cancelled": _DIM,
+}
+
+
+def _painter() -> Callable[[str], str] | None:
+    """Colours for stdout when it is a terminal and NO_COLOR (no-color.org) is unset."""
+    if not sys.stdout.isatty() or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return None
+    return lambda cell: f"\x1b[{_COLOURS[cell]}m{cell}\x1b[0m" if cell in _COLOURS else cell
+
+
+def _statuses(record: OrderRecord) -> str:
+    """``DLVRD 2, ERROR 1``; a recipient with no status yet counts as pending."""
+    counts = Counter(r.status or "pending" for r in record.recipients.values())
+    return ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+
+
+def _orders_table(records: Sequence[OrderRecord], paint: Callable[[str], str] | None) -> str:
+    return table(["order_id", "state", "created_at", "type", "sender", "recipients", "statuses", "polls", "batch_id"],
+                 [[r.order_id, r.state, r.created_at, r.message_type, r.sender, len(r.recipients), _statuses(r),
+                   r.polls, r.batch_id] for r in records], paint)
+
+
+def _order_id(raw: str, field: str = "order_id") -> str:
+    try:
+        return validate_order_id(raw)
+    except errors.InvalidInput as exc:
+        raise errors.InvalidInput(field, exc.message) from None
+
+
+def cmd_order(args: argparse.Namespace) -> int:
+    """One tracked order: the record, each recipient's status, the history of changes."""
+    rt = _runtime()
+    try:
+        record = rt.store.get_order(_order_id(args.order_id))
+    finally:
+        rt.close()
+    if record is None:
+        raise errors.OrderNotFound(args.order_id)
+    paint = _painter()
+    fields = [
+        ("state", record.state), ("final", record.final), ("type", record.message_type), ("sender", record.sender),
+        ("created_at", record.created_at), ("scheduled_at", record.scheduled_at),
+        ("accepted_at", record.accepted_at), ("credits", record.credits), ("parts", record.parts),
+        ("polls", record.polls), ("attempts", record.attempts), ("batch_id", record.batch_id),
+        ("task_id", record.task_id), ("error", " ".join(filter(None, [record.error_code, record.error])) or None),
+    ]
+    human = "\n\n".join([
+        table(["order", record.order_id], fields, paint),
+        table(["recipient", "status", "final", "delivered_at", "changed_at"],
+              [[number, r.status or "pending", r.final, r.delivered_at, r.changed_at]
+               for number, r in sorted(record.recipients.items())], paint),
+        table(["at", "recipient", "previous", "status", "source"],
+              [[h.get("at"), h.get("recipient"), h.get("previous"), h.get("status"), h.get("source")]
+               for h in record.history], paint) if record.history else "no status change yet",
+    ])
+    return emit(args, record.to_dict(), human)
+
+
+def _orders_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--status", action="extend", nargs="+", choices=STATES, metavar="STATE", dest="states",
+                   help=f"only orders in these states: {', '.join(STATES)}")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N orders, newest first (20)")
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    """Recent tracked orders, newest first."""
+    if args.limit < 1:
+        raise errors.InvalidInput("limit", "must be at least 1")
+    rt = _runtime()
+    try:
+        records = rt.store.recent_orders(limit=args.limit, states=args.states)
+    finally:
+        rt.close()
+    if not records and not args.json:
+        print("no tracked order" + (f" in state {', '.join(args.states)}" if args.states else ""), file=sys.stderr)
+    return emit(args, [{**r.to_dict(), "history": None} for r in records], _orders_table(records, _painter()))
+
+
+def _batch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("batch_id", metavar="BATCH_ID", help="the order_id a bulk send answered with")
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """The orders of a bulk send, one per chunk, and their totals."""
+    rt = _runtime()
+    try:
+        batch_id = _order_id(args.batch_id, "batch_id")
+        records = [r for r in (rt.store.get_order(oid, with_history=False) for oid in rt.store.batch_orders(batch_id))
+                   if r is not None]
+    finally:
+        rt.close()
+    if not records:
+        raise errors.OrderNotFound(batch_id)
+    states = Counter(r.state for r in records)
+    statuses = Counter(s.status or "pending" for r in records for s in r.recipients.values())
+    summary = (f"batch {batch_id}: {len(records)} orders, {sum(statuses.values())} recipients; "
+               + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) + "; "
+               + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    data = {"batch_id": batch_id, "states": dict(states), "statuses": dict(statuses),
+            "orders": [r.to_dict() for r in records]}
+    return emit(args, data, summary + "\n\n" + _orders_table(records, _painter()))
+
+
 def _demo() -> int:
     from . import demo  # starts processes; only this command needs it
 
@@ -337,6 +456,10 @@ COMMANDS: dict[str, Command] = {
     "credits": Command("available credits (CREDITS), or the balance stored in Redis", _credits_arguments, cmd_credits),
     "inbox": Command("received SMS (SRHISTORYBYID, SRNEWMESSAGES or SRHISTORY), or --stored", _inbox_arguments, cmd_inbox),
     "optouts": Command("numbers that sent STOP (sends refused); --clear NUMBER", _optouts_arguments, cmd_optouts),
+    "order": Command("one order tracked in Redis: record, per-recipient status, history", _order_arguments,
+                     cmd_order),
+    "orders": Command("recent orders tracked in Redis, optionally by state", _orders_arguments, cmd_orders),
+    "batch": Command("the orders of a bulk send and their totals", _batch_arguments, cmd_batch),
     "simulator": Command("run the built-in fake provider", _simulator_arguments, cmd_simulator),
     "demo": Command("the whole story on this machine against the simulator (no account needed)",
                     lambda p: None, lambda args: _demo()),
