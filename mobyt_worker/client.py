@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -75,6 +75,7 @@ class RequestsTransport:
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
         self._pid = 0
+        self._targets: dict[str, tuple[str, dict[str, Any], Any]] = {}
 
     def _get_session(self) -> requests.Session:
         with self._lock:
@@ -87,11 +88,25 @@ class RequestsTransport:
                 self._session, self._pid = session, os.getpid()
             return self._session
 
+    def _target(self, session: requests.Session, url: str) -> tuple[str, dict[str, Any], Any]:
+        """What ``Session.request`` would read from the environment for ``url`` (proxies, CA
+        bundle, .netrc), read once per URL: reading it costs more CPU than the POST itself."""
+        target = self._targets.get(url)
+        if target is None:
+            parts = urlsplit(url)
+            settings = session.merge_environment_settings(url, {}, False, None, None)
+            auth = requests.utils.get_netrc_auth(url) if session.trust_env else None
+            target = self._targets[url] = (f"POST {parts.hostname}{parts.path}", settings, auth)
+        return target
+
     def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
-        parts = urlsplit(url)
-        where = f"POST {parts.hostname}{parts.path}"  # never the query, never the body
+        session = self._get_session()
+        where, settings, auth = self._target(session, url)  # never the query, never the body
         try:
-            response = self._get_session().post(url, data=dict(data), timeout=timeout, allow_redirects=False)
+            # The session's adapter directly: what Session.post does minus the per-call
+            # environment reads, hooks and cookie jar (the provider's API is stateless).
+            prepared = requests.Request("POST", url, data=dict(data), headers=session.headers, auth=auth).prepare()
+            response = session.get_adapter(url).send(prepared, timeout=timeout, **settings)
             body = response.content.decode("utf-8", errors="replace")  # the seed says UTF-8
         except requests.exceptions.RequestException as exc:
             raise _map_exception(exc, where) from None
