@@ -191,10 +191,12 @@ return {'done', state}
 """
 
 # Record the provider's acceptance once; initialise each recipient; schedule the first poll.
+# Also releases the send lock if ARGV[9] (a token, or '') still holds it: one round trip.
 _ACCEPT = """
-local order, rcpt, due, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local order, rcpt, due, events, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local oid, state, fields, recipients = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local first_due, ttl, maxlen, at = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+if ARGV[9] ~= '' and redis.call('GET', lock) == ARGV[9] then redis.call('DEL', lock) end
 local current = redis.call('HGET', order, 'state')
 if current ~= 'sending' and current ~= 'unsent' then return current or '' end
 redis.call('HSET', order, 'state', state, unpack(fields))
@@ -339,14 +341,18 @@ class OrderStore:
         recipients: Iterable[str],
         first_poll_at: float,
         fields: dict[str, Any] | None = None,
+        release_token: str | None = None,
     ) -> str:
-        """Record acceptance once; returns the state the order is now in."""
+        """Record acceptance once; returns the state the order is now in. With
+        ``release_token``, the send lock it holds is released in the same call."""
         state = SCHEDULED if scheduled else ACCEPTED
-        extra = {"accepted_at": now_iso(), **(fields or {})}
+        at = now_iso()
+        extra = {"accepted_at": at, **(fields or {})}
         return self._accept(
-            keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.due, self.keys.events],
+            keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.due, self.keys.events,
+                  self.keys.send_lock(order_id)],
             args=[order_id, state, json.dumps(_flatten(extra)), json.dumps(list(recipients)), first_poll_at,
-                  self.ttl, self.stream_maxlen, now_iso()],
+                  self.ttl, self.stream_maxlen, at, release_token or ""],
         )
 
     def mark_unsent(self, order_id: str, error: Exception) -> None:

@@ -138,9 +138,12 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
     try:
         if verdict == "resolve" and _already_accepted(order_id, request):
             return _send_result(order_id, request, store.get_order(order_id, with_history=False).state)
-        return _attempt(task, request, order_id)
+        result = _attempt(task, request, order_id, token)
+        token = ""  # the acceptance released the lock in the same round trip
+        return result
     finally:
-        store.release_send(order_id, token)
+        if token:
+            store.release_send(order_id, token)
 
 
 def _provider_knows(order_id: str) -> bool:
@@ -166,7 +169,7 @@ def _already_accepted(order_id: str, request: sms.SendRequest) -> bool:
     return True
 
 
-def _attempt(task: Task, request: sms.SendRequest, order_id: str) -> dict[str, Any]:
+def _attempt(task: Task, request: sms.SendRequest, order_id: str, lock_token: str = "") -> dict[str, Any]:
     rt = _runtime()
     store, s = rt.store, rt.settings
     try:
@@ -186,7 +189,7 @@ def _attempt(task: Task, request: sms.SendRequest, order_id: str) -> dict[str, A
             store.reschedule_poll(order_id, s.poll_intervals[0])  # the poller settles it
         raise task.retry(exc=exc, countdown=_backoff(task.request.retries, s.send_retry_max))
     credits = receipt.count if request.return_credits else None
-    state = _record_acceptance(request, order_id, credits=credits)
+    state = _record_acceptance(request, order_id, credits=credits, lock_token=lock_token)
     return _send_result(order_id, request, state, credits=credits)
 
 
@@ -194,13 +197,14 @@ def _with_order_id(request: sms.SendRequest, order_id: str) -> sms.SendRequest:
     return replace(request, order_id=order_id)
 
 
-def _record_acceptance(request: sms.SendRequest, order_id: str, credits: int | None) -> str:
+def _record_acceptance(request: sms.SendRequest, order_id: str, credits: int | None, lock_token: str = "") -> str:
     rt = _runtime()
     first = rt.settings.poll_intervals[0]
     start = request.scheduled_at.timestamp() if request.scheduled_at else time.time()
     fields = {"credits": credits} if credits is not None else None
     return rt.store.mark_accepted(order_id, scheduled=request.scheduled_at is not None,
-                                  recipients=request.recipients, first_poll_at=start + first, fields=fields)
+                                  recipients=request.recipients, first_poll_at=start + first, fields=fields,
+                                  release_token=lock_token or None)
 
 
 def _send_result(order_id: str, request: sms.SendRequest, state: str, credits: int | None = None) -> dict[str, Any]:
