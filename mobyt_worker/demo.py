@@ -271,8 +271,8 @@ class Events:
                     raise
 
     def read(self, block_ms: int = 100) -> Iterator[tuple[str, dict[str, str]]]:
-        reply = self.client.xreadgroup(self.group, "demo-1", {s: ">" for s in self.streams}, count=500,
-                                       block=block_ms)
+        reply: Any = self.client.xreadgroup(self.group, "demo-1", {s: ">" for s in self.streams}, count=500,
+                                            block=block_ms)
         for stream, entries in reply or []:
             ids = [entry_id for entry_id, _ in entries]
             for _, fields in entries:
@@ -297,6 +297,11 @@ class Story:
         self.producer: Any = None
         self.sim_url = self.web_url = ""
         self.handlers: list[Callable[[str, dict[str, str]], None]] = []
+
+    @property
+    def db(self) -> redis.Redis:
+        assert self.redis is not None, "start() connects to Redis"
+        return self.redis
 
     # --- output ---
 
@@ -437,7 +442,7 @@ class Story:
         removed = self.stats()["counts"].get("REMOVE_DELAYED", 0)
         if record["state"] != "cancelled" or not record["cancelled"] or removed != 1:
             raise StepFailed(f"cancel gave state {record['state']!r}, REMOVE_DELAYED calls: {removed}")
-        due = self.redis.zscore(f"{PREFIX}:poll:due", order_id)
+        due = self.db.zscore(f"{PREFIX}:poll:due", order_id)
         self.say(f"cancelled: REMOVE_DELAYED sent once, state {record['state']}, "
                  f"polling {'stopped' if due is None else 'STILL SCHEDULED'}")
         if due is not None:
@@ -510,7 +515,7 @@ class Story:
         self.handlers = []
         self.say("send_task('mobyt.check_credits') (beat also runs it every 2 s)")
         self.producer.send_task("mobyt.check_credits", queue=QUEUE).get(timeout=STEP_TIMEOUT)
-        balances = CreditsWatch(self.redis, PREFIX).balances()
+        balances = CreditsWatch(self.db, PREFIX).balances()
         provider = self.stats()["credits"]
         if not balances or any(provider.get(b.field) != b.available for b in balances):
             raise StepFailed(f"stored balances {balances} differ from the provider's {provider}")
@@ -521,7 +526,7 @@ class Story:
     def step_events(self) -> None:
         self.title("6. The events, as another service reads them (a consumer group of its own)")
         self.handlers = []
-        crm = Events(self.redis, "crm")
+        crm = Events(self.db, "crm")
         crm.create("0")
         self.say(f"XGROUP CREATE {PREFIX}:events crm 0; XREADGROUP GROUP crm demo-1 STREAMS {PREFIX}:events "
                  f"{PREFIX}:inbound > ; XACK ...")

@@ -102,8 +102,8 @@ class ContextFilter(logging.Filter):
         for name in FIELDS:
             if not getattr(record, name, None):
                 setattr(record, name, ctx.get(name))
-        if not record.task_id and isinstance(args.get("id"), str):  # Celery's "Task name[id] received"
-            record.task_id, record.task = args["id"], record.task or args.get("name")
+        if not getattr(record, "task_id") and isinstance(args.get("id"), str):  # Celery's "Task name[id] received"
+            record.task_id, record.task = args["id"], getattr(record, "task") or args.get("name")
         record.context = _context_text(record)
         return True
 

@@ -215,7 +215,7 @@ class Metrics:
         """Stored series: ``{name: {(part, labels JSON): value}}``."""
         out: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
         for field, value in self.redis.hgetall(self.key).items():
-            name, part, labels = field.split("|", 2)
+            name, part, labels = (field.decode() if isinstance(field, bytes) else field).split("|", 2)
             out[name][(part, labels)] = float(value)
         return out
 

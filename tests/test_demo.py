@@ -43,7 +43,9 @@ def start_demo(redis_url: str, marker: str, **env: str) -> subprocess.Popen:
 
 
 def demo_db(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(demo.demo_url(redis_url), decode_responses=True)
+    url = demo.demo_url(redis_url)
+    assert url is not None
+    return redis.Redis.from_url(url, decode_responses=True)
 
 
 def test_the_demo_tells_the_whole_story_in_under_a_minute_and_leaves_nothing_behind(redis_url):
