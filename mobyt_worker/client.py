@@ -88,28 +88,30 @@ class RequestsTransport:
                 self._session, self._pid = session, os.getpid()
             return self._session
 
-    def _target(self, session: requests.Session, url: str) -> tuple[str, dict[str, Any], Any]:
+    def _target(self, session: requests.Session, url: str) -> tuple[str, dict[str, Any], requests.PreparedRequest]:
         """What ``Session.request`` would read from the environment for ``url`` (proxies, CA
-        bundle, .netrc), read once per URL: reading it costs more CPU than the POST itself."""
+        bundle, .netrc) and a request prepared up to its body, built once per URL: redoing
+        it on every call cost more CPU than the POST itself."""
         target = self._targets.get(url)
         if target is None:
-            parts = urlsplit(url)
             settings = session.merge_environment_settings(url, {}, False, None, None)
             auth = requests.utils.get_netrc_auth(url) if session.trust_env else None
-            target = self._targets[url] = (f"POST {parts.hostname}{parts.path}", settings, auth)
+            template = requests.Request("POST", url, headers=session.headers, auth=auth).prepare()
+            target = self._targets[url] = (_where(url), settings, template)
         return target
 
     def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
         session = self._get_session()
-        where, settings, auth = self._target(session, url)  # never the query, never the body
         try:
+            where, settings, template = self._target(session, url)
             # The session's adapter directly: what Session.post does minus the per-call
             # environment reads, hooks and cookie jar (the provider's API is stateless).
-            prepared = requests.Request("POST", url, data=dict(data), headers=session.headers, auth=auth).prepare()
+            prepared = template.copy()
+            prepared.prepare_body(dict(data), None)
             response = session.get_adapter(url).send(prepared, timeout=timeout, **settings)
             body = response.content.decode("utf-8", errors="replace")  # the seed says UTF-8
         except requests.exceptions.RequestException as exc:
-            raise _map_exception(exc, where) from None
+            raise _map_exception(exc, _where(url)) from None
         check_status(response.status_code, where)
         return HttpResponse(response.status_code, body)
 
@@ -118,6 +120,12 @@ class RequestsTransport:
             if self._session is not None and self._pid == os.getpid():
                 self._session.close()
             self._session = None
+
+
+def _where(url: str) -> str:
+    """How a request is named in errors and logs: never the query, never the body."""
+    parts = urlsplit(url)
+    return f"POST {parts.hostname}{parts.path}"
 
 
 def _causes(exc: BaseException) -> list[object]:
