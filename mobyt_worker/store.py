@@ -161,10 +161,17 @@ class Keys:
 #   resolve  - an earlier attempt may have reached the provider: ask SMSSTATUS first
 #   busy     - another worker holds the lock right now
 #   done     - the order is past sending (accepted, failed, ...): do nothing
+#   optout   - (only with KEYS[4], the opt-out hash) a recipient in ARGV[7..] sent STOP:
+#              nothing was written
 # Re-running with the same token (a client-side retry after a lost reply) gives "send" again.
 _CLAIM_SEND = """
-local order, lock, orders = KEYS[1], KEYS[2], KEYS[3]
+local order, lock, orders, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token, lock_ms, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if optouts then
+  for i = 7, #ARGV do
+    if redis.call('HEXISTS', optouts, ARGV[i]) == 1 then return {'optout', ''} end
+  end
+end
 local holder = redis.call('GET', lock)
 if holder and holder ~= token then return {'busy', redis.call('HGET', order, 'state') or ''} end
 local state = redis.call('HGET', order, 'state')
@@ -319,14 +326,18 @@ class OrderStore:
 
     # --- sending -------------------------------------------------------------------
 
-    def claim_send(self, order_id: str, meta: dict[str, Any], *, lock_seconds: float) -> tuple[str, str, str]:
-        """Return (verdict, state, token); see ``_CLAIM_SEND``. ``meta`` is stored on creation."""
+    def claim_send(self, order_id: str, meta: dict[str, Any], *, lock_seconds: float,
+                   optout_key: str | None = None, recipients: Sequence[str] = ()) -> tuple[str, str, str]:
+        """Return (verdict, state, token); see ``_CLAIM_SEND``. ``meta`` is stored on creation.
+        With ``optout_key``, refuses (``optout``) if one of ``recipients`` is in that hash,
+        in the same round trip."""
         token = uuid.uuid4().hex
         now = time.time()
         fields = {"order_id": order_id, "created_at": now_iso(now), "polls": 0, "final": 0, "cancelled": 0, **meta}
+        keys = [self.keys.order(order_id), self.keys.send_lock(order_id), self.keys.orders]
         verdict, state = self._claim_send(
-            keys=[self.keys.order(order_id), self.keys.send_lock(order_id), self.keys.orders],
-            args=[token, int(lock_seconds * 1000), now, self.ttl, json.dumps(_flatten(fields)), order_id],
+            keys=keys + [optout_key] if optout_key else keys,
+            args=[token, int(lock_seconds * 1000), now, self.ttl, json.dumps(_flatten(fields)), order_id, *recipients],
         )
         return verdict, state, token
 

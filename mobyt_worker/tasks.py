@@ -88,11 +88,11 @@ def send_sms(
         scheduled_at=scheduled_at, order_id=order_id, return_credits=return_credits,
         country=s.country, tz=s.timezone, now=datetime.now(timezone.utc), non_gsm=s.non_gsm,
     )
-    rt.optouts.check(request.recipients)  # STOP is honoured before any HTTP call
     order_id = request.order_id or order_id_for_task(self.request.id)
     if len(request.recipients) > s.bulk_chunk_size:
+        rt.optouts.check(request.recipients)  # STOP is honoured before any HTTP call
         return _split_bulk(self, request, batch_id=order_id)
-    return _send_once(self, request, order_id, batch_id)
+    return _send_once(self, request, order_id, batch_id)  # its claim honours STOP
 
 
 def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str, Any]:
@@ -129,8 +129,14 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
     # SIGKILLed holder delays the redelivered task by seconds, not minutes.
     lock_seconds = s.connect_timeout + s.read_timeout + 5
     if rt.send_limiter is not None:  # wait for a slot before taking the lock, not while holding it
+        rt.optouts.check(request.recipients)  # (and spend no slot on a send STOP refuses)
         rt.send_limiter.acquire(timeout=s.task_time_limit)
-    verdict, state, token = store.claim_send(order_id, meta, lock_seconds=lock_seconds)
+    # STOP is honoured before any HTTP call: the claim checks the opt-outs in its round trip.
+    verdict, state, token = store.claim_send(order_id, meta, lock_seconds=lock_seconds,
+                                             optout_key=rt.optouts.key, recipients=request.recipients)
+    if verdict == "optout":
+        rt.optouts.check(request.recipients)  # raises RecipientOptedOut naming the (masked) numbers
+        verdict, state, token = store.claim_send(order_id, meta, lock_seconds=lock_seconds)  # cleared since
     if verdict == "busy":
         raise task.retry(countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
     if verdict == "done":
