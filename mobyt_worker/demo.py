@@ -49,7 +49,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -270,7 +270,8 @@ class Events:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    def read(self, block_ms: int = 100) -> Iterator[tuple[str, dict[str, str]]]:
+    def read(self, block_ms: int | None = 100) -> Iterator[tuple[str, dict[str, str]]]:
+        """New entries of both streams, acknowledged once yielded; ``block_ms=None`` does not wait."""
         reply: Any = self.client.xreadgroup(self.group, "demo-1", {s: ">" for s in self.streams}, count=500,
                                             block=block_ms)
         for stream, entries in reply or []:
@@ -373,17 +374,21 @@ class Story:
         """Read events (each handler prints what concerns it) until ``predicate`` holds."""
         deadline = time.monotonic() + timeout
         while True:
-            for stream, fields in self.events.read():
-                for handler in self.handlers:
-                    handler(stream, fields)
+            self._dispatch(self.events.read())
             value = predicate()
-            if value:
+            if value:  # what made it true was written with its events: show them before going on
+                self._dispatch(self.events.read(block_ms=None))
                 return value
             for child in self.children:
                 if not child.alive():
                     raise StepFailed(f"{child.name} exited; its log:\n{_tail(child.output())}")
             if time.monotonic() > deadline:
                 raise StepFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    def _dispatch(self, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
+        for stream, fields in entries:
+            for handler in self.handlers:
+                handler(stream, fields)
 
     def send(self, **kwargs: Any) -> Any:
         return self.producer.send_task("mobyt.send_sms", kwargs=kwargs, queue=QUEUE)
