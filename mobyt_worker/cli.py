@@ -11,7 +11,8 @@ Exit codes:
   1  anything else
   2  bad input: an invalid argument (named), a configuration error, a usage error
   3  the provider refused the request (KO|code|message, HTTP 4xx)
-  4  transient failure (timeout, connection, HTTP 5xx, unreadable answer): try again;
+  4  transient failure (timeout, connection, HTTP 5xx, unreadable answer, no worker
+     answer in time): try again;
      after send, the SMS may have gone out: check with `mobyt status ORDER_ID`
 
 Errors are one line on stderr (a JSON object with ``--json``), never a traceback for
@@ -26,6 +27,7 @@ import enum
 import json
 import os
 import sys
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from . import errors
 from .client import MobytClient
 from .config import Settings
 from .runtime import Runtime
-from .sms import build_send_request, normalize_recipient, validate_order_id
+from .sms import SendRequest, build_send_request, normalize_recipient, validate_order_id
 from .store import STATES, OrderRecord
 
 #: The exit-code table of this docstring, shown by every ``--help``.
@@ -129,11 +131,9 @@ def _send_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--return-credits", action="store_true", help="ask for the credits used")
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    """SENDSMS, once. The order id is fixed before the request so an unclear outcome
-    can be checked with ``mobyt status`` instead of sending again."""
-    settings = _settings()
-    request = build_send_request(
+def _send_request(args: argparse.Namespace, settings: Settings) -> SendRequest:
+    """The send the arguments describe, validated (InvalidInput names the field)."""
+    return build_send_request(
         recipients=[n for item in args.to for n in item.split(",")],
         message=args.message,
         message_type=args.message_type or settings.default_message_type,
@@ -146,6 +146,13 @@ def cmd_send(args: argparse.Namespace) -> int:
         now=datetime.now(settings.timezone),
         non_gsm=settings.non_gsm,
     )
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """SENDSMS, once. The order id is fixed before the request so an unclear outcome
+    can be checked with ``mobyt status`` instead of sending again."""
+    settings = _settings()
+    request = _send_request(args, settings)
     with _client(settings) as client:
         try:
             receipt = client.send_sms(request)
@@ -167,6 +174,57 @@ def cmd_send(args: argparse.Namespace) -> int:
     human = table(["order_id", "status", counted[0], "scheduled_at"],
                   [[receipt.order_id, data["status"], counted[1], request.scheduled_at]])
     return emit(args, data, human)
+
+
+def _enqueue_arguments(p: argparse.ArgumentParser) -> None:
+    _send_arguments(p)
+    p.add_argument("--wait", action="store_true", help="follow the order(s) until every recipient is final")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up waiting after S seconds (300)")
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    """``mobyt.send_sms`` through the workers: sent exactly once, tracked in Redis, split
+    into chunks when large. ``--wait`` follows it to the end, with progress on stderr."""
+    settings = _settings()
+    request = _send_request(args, settings)  # refuse bad input before anything is queued
+    from .worker import QUEUE, create_app  # noqa: PLC0415 - only this command needs Celery
+
+    app = create_app(settings)
+    kwargs = {"recipients": list(request.recipients), "message": args.message, "sender": request.sender,
+              "message_type": request.message_type, "scheduled_at": args.at, "order_id": request.order_id,
+              "return_credits": request.return_credits}
+    reply = app.send_task("mobyt.send_sms", kwargs=kwargs, queue=QUEUE,
+                          task_id=f"send-{request.order_id}").get(timeout=args.timeout)
+    if args.wait:
+        reply["final"] = _follow(reply.get("orders") or [reply["order_id"]], len(request.recipients), args.timeout)
+    human = table(["order_id", "status", "recipients", "credits", "orders"],
+                  [[reply["order_id"], reply["status"], len(reply["recipients"]) if isinstance(reply["recipients"], list)
+                    else reply["recipients"], reply["credits"], len(reply.get("orders") or [reply["order_id"]])]])
+    if args.wait:
+        human += "\n\n" + _orders_table([r for r in reply["final"]], _painter())
+        reply["final"] = [r.to_dict() for r in reply["final"]]
+    return emit(args, reply, human)
+
+
+def _follow(order_ids: Sequence[str], recipients: int, timeout: float) -> list[OrderRecord]:
+    """Poll the order records until all are final; show progress where stderr is a terminal."""
+    store = _runtime().store
+    deadline = time.monotonic() + timeout
+    show = sys.stderr.isatty()
+    while True:
+        records = [store.get_order(oid, with_history=False) for oid in order_ids]
+        known = [r for r in records if r is not None]
+        done = sum(1 for r in known for state in r.recipients.values() if state.final)
+        if show:
+            print(f"\r{done}/{recipients} recipients final, {sum(r.final for r in known)}/{len(order_ids)} orders",
+                  end="", file=sys.stderr, flush=True)
+        if len(known) == len(order_ids) and all(r.final for r in known):
+            if show:
+                print(file=sys.stderr)
+            return known
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"orders not final after {timeout:.0f} s: see `mobyt order ORDER_ID`")
+        time.sleep(0.5)
 
 
 def _order_arguments(p: argparse.ArgumentParser) -> None:
@@ -450,6 +508,8 @@ def _demo() -> int:
 #: The subcommands, in ``--help`` order. Add a row to add a subcommand.
 COMMANDS: dict[str, Command] = {
     "send": Command("send an SMS now (SENDSMS)", _send_arguments, cmd_send),
+    "enqueue": Command("send through the workers: exactly once, tracked, chunked; --wait follows it",
+                       _enqueue_arguments, cmd_enqueue),
     "status": Command("delivery status of an order (SMSSTATUS)", _order_arguments, cmd_status),
     "cancel": Command("cancel a scheduled order (REMOVE_DELAYED)", _order_arguments, cmd_cancel),
     "history": Command("orders sent between two dates (SMSHISTORY)", _range_arguments, cmd_history),
@@ -495,6 +555,8 @@ def _failure(exc: BaseException) -> tuple[int, dict[str, str]]:
         return 3, {"error": "rejected", "code": exc.code, "message": exc.message}
     if isinstance(exc, errors.ProviderUnavailable):
         return 4, {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":  # ours or Celery's: try again
+        return 4, {"error": "timeout", "message": str(exc) or "no answer in time"}
     return 1, {"error": type(exc).__name__, "message": str(exc)}
 
 

@@ -140,3 +140,22 @@ def test_batch_shows_each_chunk_and_the_totals(store, capsys):
     assert data["statuses"] == {"DLVRD": 2, "ERROR": 1} and [o["order_id"] for o in data["orders"]] == ["CHUNK0", "CHUNK1"]
     code, _, err = run(capsys, "batch", "NOBATCH")
     assert code == 1 and "NOBATCH" in err
+
+
+def test_enqueue_goes_through_the_workers_and_wait_follows_every_chunk(capsys, simulator, start_process, monkeypatch):
+    monkeypatch.setenv("MOBYT_BULK_CHUNK_SIZE", "2")
+    start_process("worker", env={"MOBYT_BULK_CHUNK_SIZE": "2"})
+    start_process("beat")
+    code, out, err = run(capsys, "enqueue", "--to", f"{DLVRD},{ERROR},+33612345672", "--message", "hi",
+                         "--sender", "ACME", "--order-id", "CLIBATCH", "--wait", "--timeout", "60", "--json")
+    assert code == 0, err
+    reply = json.loads(out)
+    assert reply["status"] == "batched" and reply["batch_id"] == "CLIBATCH" and len(reply["orders"]) == 2
+    finals = {n: s["status"] for r in reply["final"] for n, s in r["recipients"].items()}
+    assert finals == {DLVRD: "DLVRD", ERROR: "ERROR", "+33612345672": "DLVRD"}
+    assert simulator.count("SENDSMS") == 2
+
+
+def test_enqueue_refuses_bad_input_before_queueing(capsys, simulator):
+    code, _, err = run(capsys, "enqueue", "--to", "123", "--message", "hi", "--sender", "ACME")
+    assert code == 2 and "recipients" in err and simulator.requests() == []
