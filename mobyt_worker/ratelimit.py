@@ -1,9 +1,11 @@
 """A sends-per-second cap shared by every worker on every host (GCRA in Redis).
 
 GCRA (the generic cell rate algorithm, as in redis-cell and throttled) keeps one
-timestamp per limit: the theoretical arrival time of the next request. One Lua call
-per send either admits it or says how long to wait, so the cap holds across
-processes without any coordinator. A cap of 0 disables the limiter.
+timestamp per limit: the theoretical arrival time (TAT) of the next request. One Lua
+call per send either admits it at once or reserves its slot and says how long to wait,
+so the cap holds across processes without any coordinator, and a waiting sender asks
+once (no herd of threads re-asking every interval). The clock is Redis's own (TIME),
+so hosts with skewed clocks still share one timeline. A cap of 0 disables the limiter.
 """
 
 from __future__ import annotations
@@ -12,17 +14,24 @@ import time
 
 import redis
 
-# KEYS[1]: the TAT key. ARGV: now (s), emission interval (s), burst tolerance (s), cost.
-# Returns 0 when admitted, else the seconds to wait before trying again.
+# KEYS[1]: the TAT key (seconds, Redis server time, 6 decimals: a double keeps them exact).
+# ARGV: emission interval (s), burst tolerance (s), cost, the longest wait the caller accepts (s).
+# Returns the wait before the request may go: 0 = at once. A wait within the longest
+# accepted one reserves the slot (the caller sleeps, then goes without asking again); a
+# longer one reserves nothing and comes back negative. A cost above the burst is admitted
+# on credit: the next requests wait for it. The key expires 1 s after the TAT it holds.
 _GCRA = """
-local now, interval, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local interval, burst, cost, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
+local wait = math.max(0, tat - burst - now)
+if wait > max_wait then return string.format('%.6f', -math.max(wait, 0.000001)) end
 local new_tat = tat + interval * cost
-local allow_at = new_tat - burst - interval * cost
-if allow_at > now then return tostring(allow_at - now) end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + 1) * 1000))
-return '0'
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now + 1) * 1000))
+return string.format('%.6f', wait)
 """
 
 
@@ -35,17 +44,17 @@ class RateLimiter:
         self.burst = self.interval * max(0.0, burst - 1)
         self._script = client.register_script(_GCRA)
 
+    def _call(self, cost: int, max_wait: float) -> float:
+        return float(self._script(keys=[self.key], args=[self.interval, self.burst, cost, max_wait]))
+
     def try_acquire(self, cost: int = 1) -> float:
-        """0.0 if admitted now, else the seconds to wait."""
-        return float(self._script(keys=[self.key], args=[time.time(), self.interval, self.burst, cost]))
+        """0.0 if admitted now, else the seconds to wait (nothing is reserved then)."""
+        return abs(self._call(cost, 0.0))
 
     def acquire(self, cost: int = 1, timeout: float = 60.0) -> None:
-        """Block until admitted; raises TimeoutError past ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            wait = self.try_acquire(cost)
-            if wait <= 0:
-                return
-            if time.monotonic() + wait > deadline:
-                raise TimeoutError("send rate limit: no slot in time")
+        """Reserve the next slot and sleep until it; TimeoutError if it is past ``timeout``."""
+        wait = self._call(cost, timeout)
+        if wait < 0:
+            raise TimeoutError("send rate limit: no slot in time")
+        if wait > 0:
             time.sleep(wait)
