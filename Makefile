@@ -25,5 +25,8 @@ demo: install
 test: install-test
 	$(BIN)/pytest
 
-bench: install
+# Figures of the README's performance section (about 4 minutes; redis-server as for the tests)
+bench: install-test
 	$(BIN)/python bench/pipeline_throughput.py
+	$(BIN)/python bench/tracking_scale.py
+	$(BIN)/python bench/rate_limit.py

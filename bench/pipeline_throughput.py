@@ -28,15 +28,17 @@ from harness import (QUEUE, Stack, completion_times, cpu_seconds, machine, stead
                      worker_env)
 
 
-def enqueue(broker_url: str, task: str, n: int, tag: str) -> tuple[list[str], float]:
-    """N tasks by name from a bare Celery producer (no result backend: it never waits)."""
+def enqueue(broker_url: str, task: str, n: int, tag: str, last_digit: int | None = None) -> tuple[list[str], float]:
+    """N tasks by name from a bare Celery producer (no result backend: it never waits). The
+    numbers end in 0-5 (delivered, in the simulator) unless ``last_digit`` is given."""
     producer = Celery("producer", broker=broker_url)
     producer.conf.update(task_serializer="json", accept_content=["json"])
     ids = []
     start = time.perf_counter()
     with producer.connection_for_write() as conn:
         for i in range(n):
-            kwargs: dict[str, Any] = {"recipients": [f"+336{i:07d}{i % 6}"], "message": f"Votre code {tag}: {i:06d}",
+            digit = i % 6 if last_digit is None else last_digit
+            kwargs: dict[str, Any] = {"recipients": [f"+336{i:07d}{digit}"], "message": f"Votre code {tag}: {i:06d}",
                                       "sender": "BENCH"}
             ids.append(producer.send_task(task, kwargs=kwargs, queue=QUEUE, task_id=str(uuid.uuid4()),
                                           connection=conn).id)
