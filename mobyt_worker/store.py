@@ -230,10 +230,21 @@ local state = redis.call('HGET', order, 'state')
 if not state then return {'missing'} end
 if state == 'cancelled' or state == 'expired' or state == 'failed' then return {state} end
 local batch = redis.call('HGET', order, 'batch_id') or ''
+local known, sent = redis.call('HKEYS', rcpt), {}
+for _, k in ipairs(known) do sent[k] = true end
+local function match(r)  -- the provider's spelling of a number (+33.., 0033..) onto the one we sent
+  if sent[r] then return r end
+  local digits = string.gsub(r, '^%++', '')
+  if string.sub(digits, 1, 2) == '00' then digits = string.sub(digits, 3) end
+  for _, k in ipairs(known) do
+    if (string.gsub(k, '^%++', '')) == digits then return k end
+  end
+  return r
+end
 local RANK = {[''] = -1, SCHEDULED = 0, WAITING = 1, UNKNOWN = 1, SENT = 2, WAIT4DLVR = 3}
 local changes = {}
 for _, row in ipairs(rows) do
-  local r, st, dd, fin = row[1], row[2], row[3], row[4]
+  local r, st, dd, fin = match(row[1]), row[2], row[3], row[4]
   local cur = redis.call('HGET', rcpt, r)
   local prev, was_final = '', 0
   if cur then local c = cjson.decode(cur); prev = c['status']; was_final = c['final'] end
@@ -398,10 +409,9 @@ class OrderStore:
         """Apply provider statuses; return the changes made (empty if none), or a state
         name when the order is missing or closed (``missing``, ``cancelled``...)."""
         now = time.time() if now is None else now
-        known = self.redis.hkeys(self.keys.recipients(order_id))
-        payload = [
-            [_match_recipient(r.recipient, known), r.status.value,
-             r.delivered_at.isoformat() if r.delivered_at else "", 1 if r.status.is_final else 0]
+        payload = [  # the script maps the provider's spelling of each number onto ours
+            [r.recipient, r.status.value, r.delivered_at.isoformat() if r.delivered_at else "",
+             1 if r.status.is_final else 0]
             for r in rows
         ]
         result = self._apply(
@@ -492,17 +502,6 @@ class OrderStore:
 
 def _error_fields(error: Exception) -> dict[str, str]:
     return {"error_code": str(getattr(error, "code", "") or ""), "error": f"{type(error).__name__}: {error}"[:500]}
-
-
-def _match_recipient(recipient: str, known: Sequence[str]) -> str:
-    """Map the provider's spelling of a number (+33.., 0033..) onto the one we sent."""
-    if recipient in known:
-        return recipient
-    digits = recipient.lstrip("+").removeprefix("00")
-    for candidate in known:
-        if candidate.lstrip("+") == digits:
-            return candidate
-    return recipient
 
 
 def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> OrderRecord:
