@@ -17,6 +17,8 @@ no tail). Targets (issue 5): pipeline >= 60 % of noop; latency >= 400 sends/s.
 from __future__ import annotations
 
 import argparse
+import bisect
+import statistics
 import time
 import uuid
 from typing import Any
@@ -64,10 +66,18 @@ def phase(stack: Stack, url: str, env: dict[str, str], task: str, n: int, concur
     return {"rate": steady_rate(times), "overall": n / (times[-1] - times[0]), "enqueued": enqueue_rate, "cpu_ms": cpu}
 
 
+def in_flight(times: list[float], latency: float) -> float:
+    """Median number of SENDSMS requests the provider holds at once (each for ``latency`` s),
+    sampled at each arrival between the 10th and 90th percentile."""
+    steady = times[len(times) // 10:len(times) * 9 // 10]
+    return statistics.median(bisect.bisect_right(times, t) - bisect.bisect_right(times, t - latency) for t in steady)
+
+
 def show(label: str, r: dict[str, Any]) -> None:
     cpu = ", ".join(f"{k} {v:.2f} ms" for k, v in r["cpu_ms"].items())
+    held = f"; {r['in_flight']:.0f} in flight at the provider" if "in_flight" in r else ""
     print(f"  {label:<34} {r['rate']:6.0f} tasks/s   (first-to-last {r['overall']:.0f}/s; CPU per task: {cpu}; "
-          f"enqueued at {r['enqueued']:.0f}/s)")
+          f"enqueued at {r['enqueued']:.0f}/s{held})")
 
 
 def main() -> int:
@@ -96,6 +106,8 @@ def main() -> int:
                 sim.reset(latency=latency or 0.0)
                 result = phase(stack, server.url, env, task, n, c, tag, server.proc.pid,
                                None if latency is None else sim.proc.pid)
+                if latency:
+                    result["in_flight"] = in_flight(sim.request_times("SENDSMS"), latency)
                 show(label, result)
                 if latency is not None:
                     exactly_once &= sim.stats()["billed"] == n
