@@ -35,6 +35,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from .errors import OrderNotFound
 from .protocol import RecipientStatus
 
 #: Order states, in the order an order moves through them.
@@ -472,6 +473,13 @@ class OrderStore:
         if not raw:
             return None
         return _record(raw, rcpt, history[0] if history else [])
+
+    def require_order(self, order_id: str, *, with_history: bool = False) -> OrderRecord:
+        """The record, or :class:`OrderNotFound` (never tracked, or expired)."""
+        record = self.get_order(order_id, with_history=with_history)
+        if record is None:
+            raise OrderNotFound(order_id)
+        return record
 
     def recent_orders(self, *, limit: int = 50, states: Iterable[str] | None = None) -> list[OrderRecord]:
         """Newest first, optionally only in ``states``. Drops index entries past the TTL."""

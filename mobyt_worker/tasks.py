@@ -143,7 +143,7 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
         return _send_result(order_id, request, state)
     try:
         if verdict == "resolve" and _already_accepted(order_id, request):
-            return _send_result(order_id, request, store.get_order(order_id, with_history=False).state)
+            return _send_result(order_id, request, store.require_order(order_id).state)
         result = _attempt(task, request, order_id, token)
         token = ""  # the acceptance released the lock in the same round trip
         return result
@@ -216,7 +216,7 @@ def _record_acceptance(request: sms.SendRequest, order_id: str, credits: int | N
 def _send_result(order_id: str, request: sms.SendRequest, state: str, credits: int | None = None) -> dict[str, Any]:
     """The task's result; a redelivered task reports what the first run achieved."""
     if state == FAILED:
-        record = _runtime().store.get_order(order_id, with_history=False)
+        record = _runtime().store.require_order(order_id)
         raise ProviderRejected(f"order {order_id} was refused earlier: {record.error or ''}", record.error_code or "")
     status = {SCHEDULED: "scheduled", CANCELLED: "cancelled"}.get(state, "accepted")
     return {"order_id": order_id, "recipients": list(request.recipients),
@@ -243,9 +243,7 @@ def poll_status(order_id: str) -> dict[str, Any]:
     """One status check of one order; returns the order record."""
     rt = _runtime()
     store = rt.store
-    record = store.get_order(order_id, with_history=False)
-    if record is None:
-        raise OrderNotFound(order_id)
+    record = store.require_order(order_id)
     if record.state in (SENDING, UNSENT):
         _settle_unfinished_send(order_id, record.state)
     elif record.state in OPEN_STATES:
@@ -260,7 +258,7 @@ def poll_status(order_id: str) -> dict[str, Any]:
                 store.reschedule_poll(order_id, rt.settings.poll_intervals[min(record.polls, len(rt.settings.poll_intervals) - 1)])
                 raise
             rt.record_statuses(order_id, rows, source="poll")
-    return store.get_order(order_id, with_history=False).to_dict()
+    return store.require_order(order_id).to_dict()
 
 
 def _settle_unfinished_send(order_id: str, state: str) -> None:
@@ -276,7 +274,7 @@ def _settle_unfinished_send(order_id: str, state: str) -> None:
         except ProviderRejected:
             rows = []
     if rows:
-        record = rt.store.get_order(order_id, with_history=False)
+        record = rt.store.require_order(order_id)
         rt.store.mark_accepted(order_id, scheduled=False, recipients=[r.recipient for r in rows],
                                first_poll_at=time.time())
         rt.record_statuses(order_id, rows, source="poll")
@@ -293,9 +291,7 @@ def cancel(order_id: str) -> dict[str, Any]:
     """REMOVE_DELAYED for a scheduled order; refuses anything else with a clear error."""
     rt = _runtime()
     order_id = sms.validate_order_id(order_id)
-    record = rt.store.get_order(order_id, with_history=False)
-    if record is None:
-        raise OrderNotFound(order_id)
+    record = rt.store.require_order(order_id)
     if record.state == CANCELLED:
         return record.to_dict()
     if record.state != SCHEDULED:
@@ -311,7 +307,7 @@ def cancel(order_id: str) -> dict[str, Any]:
             raise
         log.info("order %s: REMOVE_DELAYED refused but the order is gone: cancelled", order_id)
     rt.store.mark_cancelled(order_id)
-    return rt.store.get_order(order_id, with_history=False).to_dict()
+    return rt.store.require_order(order_id).to_dict()
 
 
 @app.task(name="mobyt.sms_history", throws=EXPECTED)
