@@ -308,8 +308,11 @@ def test_each_status_change_is_handed_to_the_configured_event_task(redis_url, si
     start_process("beat", env=env)
     reply = enqueue(bare_client(redis_url), recipients=[DLVRD_NUMBER], message="hi", sender="ACME").get(timeout=20)
     wait_final(order_store(redis_url), reply["order_id"])
+    # the event task is queued right after the status is recorded: wait for it, not for the record
+    wait_for(lambda: "DLVRD" in [e["status"] for e in _queued_events(redis_url, "partner")],
+             what="the DLVRD event on the partner queue")
     polled = _queued_events(redis_url, "partner")
-    assert [e["status"] for e in polled if e["order_id"] == reply["order_id"]][-1] == "DLVRD"
+    assert {e["order_id"] for e in polled} == {reply["order_id"]}
     assert len({(e["recipient"], e["status"]) for e in polled}) == len(polled)  # each change once
 
     # a push goes through the same Runtime.record_statuses as a poll
