@@ -105,8 +105,8 @@ class CreditsWatch:
         history_length: int = HISTORY_LENGTH,
     ) -> None:
         self.redis = client
-        self.key = f"{prefix}:credits"
-        self.history_key = f"{prefix}:credits:history"
+        keys = Keys(prefix)
+        self.key, self.history_key = keys.credits, keys.credits_history
         self.events_key = Keys(prefix).events
         self.threshold = threshold
         self.stream_maxlen = stream_maxlen

@@ -103,22 +103,6 @@ return 0
 """
 
 
-class InboxKeys:
-    """The one place inbox key names are spelled."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.message_prefix = f"{prefix}:inbox:msg:"
-        self.ids = f"{prefix}:inbox:ids"
-        self.stream = f"{prefix}:inbound"
-        self.hwm = f"{prefix}:inbox:hwm"
-        self.reconciled = f"{prefix}:inbox:reconciled"
-        self.events = Keys(prefix).events
-
-    def message(self, message_id: int) -> str:
-        return f"{self.message_prefix}{message_id}"
-
-
 @dataclass(frozen=True)
 class StoreResult:
     received: int
@@ -151,7 +135,7 @@ class InboxStore:
         country: str = "FR",
     ) -> None:
         self.redis = client
-        self.keys = InboxKeys(prefix)
+        self.keys = Keys(prefix)
         self.optouts = OptOuts(client, prefix)
         self.ttl = ttl
         self.stream_maxlen = stream_maxlen
@@ -182,10 +166,10 @@ class InboxStore:
         stop_number = self._number(message.sender) if fields["stop"] == "1" else ""
         flat = [part for pair in fields.items() for part in pair]
         new = self._store(
-            keys=[self.keys.message(message.id), self.keys.ids, self.keys.stream, self.keys.hwm,
+            keys=[self.keys.inbox_message(message.id), self.keys.inbox_ids, self.keys.inbound, self.keys.inbox_hwm,
                   self.optouts.key, self.keys.events],
             args=[message.id, json.dumps(flat), self.ttl, self.stream_maxlen, stop_number,
-                  OptOuts.entry(message.id, at), at, self.keys.message_prefix, _TRIM_PER_STORE],
+                  OptOuts.entry(message.id, at), at, self.keys.inbox_message_prefix, _TRIM_PER_STORE],
         )
         return bool(new)
 
@@ -206,7 +190,7 @@ class InboxStore:
         cursor = self.reconciled()
         result = self.store_all(fetch_since(cursor), source="reconcile")
         if result.max_id > cursor:
-            self._advance(keys=[self.keys.reconciled], args=[result.max_id])
+            self._advance(keys=[self.keys.inbox_reconciled], args=[result.max_id])
         return {**result.to_dict(), "from_id": cursor, "reconciled": max(cursor, result.max_id)}
 
     def _number(self, sender: str) -> str:
@@ -219,32 +203,32 @@ class InboxStore:
     # --- reading --------------------------------------------------------------------
 
     def high_water_mark(self) -> int:
-        return int(self.redis.get(self.keys.hwm) or 0)
+        return int(self.redis.get(self.keys.inbox_hwm) or 0)
 
     def reconciled(self) -> int:
-        return int(self.redis.get(self.keys.reconciled) or 0)
+        return int(self.redis.get(self.keys.inbox_reconciled) or 0)
 
     def get(self, message_id: int) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(self.keys.message(message_id))
+        raw = self.redis.hgetall(self.keys.inbox_message(message_id))
         return _decode(raw) if raw else None
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """Stored messages, greatest id first; ids whose message expired are dropped."""
-        ids = self.redis.zrevrange(self.keys.ids, 0, max(0, limit - 1))
+        ids = self.redis.zrevrange(self.keys.inbox_ids, 0, max(0, limit - 1))
         with self.redis.pipeline(transaction=False) as pipe:
             for message_id in ids:
-                pipe.hgetall(self.keys.message(message_id))
+                pipe.hgetall(self.keys.inbox_message(message_id))
             rows = pipe.execute()
         expired = [message_id for message_id, raw in zip(ids, rows) if not raw]
         if expired:
-            self.redis.zrem(self.keys.ids, *expired)
+            self.redis.zrem(self.keys.inbox_ids, *expired)
         return [_decode(raw) for raw in rows if raw]
 
     def count(self) -> int:
-        return self.redis.zcard(self.keys.ids)
+        return self.redis.zcard(self.keys.inbox_ids)
 
     def stream_length(self) -> int:
-        return self.redis.xlen(self.keys.stream)
+        return self.redis.xlen(self.keys.inbound)
 
 
 def _decode(raw: dict[str, str]) -> dict[str, Any]:

@@ -60,7 +60,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .credits import CreditsWatch
 from .errors import InvalidInput, ProviderRejected, RecipientOptedOut
-from .inbox import InboxKeys
 from .store import Keys
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ class Metrics:
     def __init__(self, client: redis.Redis, prefix: str = "mobyt", *, flush_interval: float = FLUSH_INTERVAL) -> None:
         self.redis = client
         self.prefix = prefix
-        self.key = f"{prefix}:metrics"
+        self.key = Keys(prefix).metrics
         self.flush_interval = flush_interval
         self._pid = -1
         self._reset()
@@ -246,7 +245,7 @@ class _Collector:
         yield credits
         with client.pipeline(transaction=False) as pipe:
             pipe.zcard(Keys(prefix).due)
-            pipe.zcard(InboxKeys(prefix).ids)
+            pipe.zcard(Keys(prefix).inbox_ids)
             due, stored = pipe.execute()
         yield GaugeMetricFamily("mobyt_orders_due", "Orders whose delivery statuses are still followed", value=due)
         yield GaugeMetricFamily("mobyt_inbox_messages_stored", "Inbound SMS kept in Redis", value=stored)

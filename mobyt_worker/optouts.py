@@ -14,13 +14,13 @@ import redis
 
 from .errors import RecipientOptedOut
 from .sms import mask_number
-from .store import now_iso
+from .store import Keys, now_iso
 
 
 class OptOuts:
     def __init__(self, client: redis.Redis, prefix: str = "mobyt") -> None:
         self.redis = client
-        self.key = f"{prefix}:optout"
+        self.key = Keys(prefix).optout
 
     @staticmethod
     def entry(message_id: int | None, at: str | None = None) -> str:

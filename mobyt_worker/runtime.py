@@ -19,7 +19,7 @@ from .inbox import InboxStore
 from .metrics import Metrics
 from .optouts import OptOuts
 from .ratelimit import RateLimiter
-from .store import OrderStore, connect
+from .store import Keys, OrderStore, connect
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -79,7 +79,7 @@ class Runtime:
     def send_limiter(self) -> RateLimiter | None:
         """SENDSMS calls per second across all workers (MOBYT_SEND_RATE_LIMIT, 0 = off)."""
         rate = self.settings.send_rate_limit
-        return RateLimiter(self.redis, f"{self.settings.key_prefix}:ratelimit:send", rate) if rate else None
+        return RateLimiter(self.redis, Keys(self.settings.key_prefix).send_rate, rate) if rate else None
 
     @cached_property
     def client(self) -> MobytClient:

@@ -130,13 +130,29 @@ class OrderRecord:
 
 
 class Keys:
-    """The one place key names are spelled."""
+    """The one place key names are spelled, for every module (orders, inbox, opt-outs,
+    credits, metrics, rate limit, beat). The tables in this module's and inbox.py's
+    docstrings say what each holds."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.orders = f"{prefix}:orders"
         self.due = f"{prefix}:poll:due"
         self.events = f"{prefix}:events"
+        self.inbox_message_prefix = f"{prefix}:inbox:msg:"
+        self.inbox_ids = f"{prefix}:inbox:ids"
+        self.inbound = f"{prefix}:inbound"
+        self.inbox_hwm = f"{prefix}:inbox:hwm"
+        self.inbox_reconciled = f"{prefix}:inbox:reconciled"
+        self.optout = f"{prefix}:optout"
+        self.credits = f"{prefix}:credits"
+        self.credits_history = f"{prefix}:credits:history"
+        self.metrics = f"{prefix}:metrics"
+        self.send_rate = f"{prefix}:ratelimit:send"
+        self.beat_prefix = f"{prefix}:beat"
+
+    def inbox_message(self, message_id: int) -> str:
+        return f"{self.inbox_message_prefix}{message_id}"
 
     def order(self, order_id: str) -> str:
         return f"{self.prefix}:order:{order_id}"

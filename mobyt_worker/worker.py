@@ -22,7 +22,7 @@ from celery.signals import (
 from . import logs
 from .config import Settings
 from .runtime import Runtime
-from .store import REDIS_RETRY, parse_sentinel_url
+from .store import REDIS_RETRY, Keys, parse_sentinel_url
 
 #: All our tasks go to this queue; producers must name it (the helper in producer.py does).
 QUEUE = "mobyt"
@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> Celery:
         timezone="UTC",
         beat_scheduler="redbeat.RedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
-        redbeat_key_prefix=f"{settings.key_prefix}:beat",
+        redbeat_key_prefix=Keys(settings.key_prefix).beat_prefix,
         # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
         # calls, and redis-py retries the lock extension it makes at every tick.
         redbeat_redis_options={"retry_period": -1, **REDIS_RETRY},

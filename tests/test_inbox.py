@@ -45,7 +45,7 @@ def stored_texts(inbox: InboxStore) -> dict[int, str]:
 def assert_exactly_once(inbox: InboxStore, expected: dict[int, str]) -> None:
     assert stored_texts(inbox) == expected
     assert inbox.count() == len(expected)
-    entries = inbox.redis.xrange(inbox.keys.stream)
+    entries = inbox.redis.xrange(inbox.keys.inbound)
     assert len(entries) == len(expected)
     assert sorted(int(fields["id"]) for _, fields in entries) == sorted(expected)
     assert {int(f["id"]): f["text"] for _, f in entries} == expected
