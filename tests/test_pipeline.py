@@ -15,20 +15,14 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from mobyt_worker.store import OrderStore, connect
 
 from .conftest import PASSWORD
+from .producer import bare_client, call
 from .support import RedisServer, wait_for
 
 DLVRD_NUMBER, ERROR_NUMBER = "+33612345670", "+33612345676"
 
 
-def bare_client(redis_url: str) -> Celery:
-    """What another service has: Celery and the broker URL, none of our code."""
-    client = Celery("producer", broker=redis_url, backend=redis_url)
-    client.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
-    return client
-
-
 def enqueue(client: Celery, **kwargs):
-    return client.send_task("mobyt.send_sms", kwargs=kwargs, queue="mobyt")
+    return call(client, "mobyt.send_sms", **kwargs)
 
 
 def order_store(url: str) -> OrderStore:
