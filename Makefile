@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test bench
+.PHONY: demo test install install-test redis-server bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,15 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
-install-test: $(BIN)/python
+install-test: $(BIN)/python redis-server
 	$(BIN)/pip install --quiet -e '.[test]'
+
+# Tests start their own redis-server; the demo starts one when no Redis answers.
+redis-server:
 	@command -v redis-server >/dev/null || { echo "redis-server not found: installing it with apt-get"; \
 		(apt-get update -qq && apt-get install -y -qq redis-server) || { echo "cannot install redis-server" >&2; exit 1; }; }
 
-demo: install
+demo: install redis-server
 	$(BIN)/mobyt demo
 
 test: install-test
