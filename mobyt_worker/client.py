@@ -75,7 +75,7 @@ class RequestsTransport:
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
         self._pid = 0
-        self._targets: dict[str, tuple[str, dict[str, Any], Any]] = {}
+        self._targets: dict[str, tuple[str, Any, requests.PreparedRequest]] = {}
 
     def _get_session(self) -> requests.Session:
         with self._lock:
@@ -88,7 +88,7 @@ class RequestsTransport:
                 self._session, self._pid = session, os.getpid()
             return self._session
 
-    def _target(self, session: requests.Session, url: str) -> tuple[str, dict[str, Any], requests.PreparedRequest]:
+    def _target(self, session: requests.Session, url: str) -> tuple[str, Any, requests.PreparedRequest]:
         """What ``Session.request`` would read from the environment for ``url`` (proxies, CA
         bundle, .netrc) and a request prepared up to its body, built once per URL: redoing
         it on every call cost more CPU than the POST itself."""

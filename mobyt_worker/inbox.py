@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import redis
 
@@ -209,15 +209,15 @@ class InboxStore:
         return int(self.redis.get(self.keys.inbox_reconciled) or 0)
 
     def get(self, message_id: int) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(self.keys.inbox_message(message_id))
+        raw = cast(dict[str, str], self.redis.hgetall(self.keys.inbox_message(message_id)))
         return _decode(raw) if raw else None
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """Stored messages, greatest id first; ids whose message expired are dropped."""
-        ids = self.redis.zrevrange(self.keys.inbox_ids, 0, max(0, limit - 1))
+        ids = cast(list[str], self.redis.zrevrange(self.keys.inbox_ids, 0, max(0, limit - 1)))
         with self.redis.pipeline(transaction=False) as pipe:
             for message_id in ids:
-                pipe.hgetall(self.keys.inbox_message(message_id))
+                pipe.hgetall(self.keys.inbox_message(int(message_id)))
             rows = pipe.execute()
         expired = [message_id for message_id, raw in zip(ids, rows) if not raw]
         if expired:

@@ -8,7 +8,7 @@ lasts until an operator clears it (``mobyt optouts --clear NUMBER``).
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from typing import Iterable, cast
 
 import redis
 
@@ -35,7 +35,8 @@ class OptOuts:
         return bool(self.redis.hdel(self.key, number))
 
     def all(self) -> dict[str, dict]:
-        return {number: json.loads(value) for number, value in self.redis.hgetall(self.key).items()}
+        stored = cast(dict[str, str], self.redis.hgetall(self.key))
+        return {number: json.loads(value) for number, value in stored.items()}
 
     def check(self, numbers: Iterable[str]) -> None:
         """Raise :class:`RecipientOptedOut` naming the (masked) numbers that sent STOP."""

@@ -701,8 +701,17 @@ def _route(path: str) -> str | None:
 
 
 def _inbound(sim: ProviderSimulator, data: dict[str, Any], query: dict[str, list[str]]) -> Any:
-    options = {k: str(data[k]) for k in ("receiver", "keyword") if data.get(k) is not None}
-    return {"id": sim.add_inbound(str(data["sender"]), str(data["text"]), **options)}
+    receiver, keyword = data.get("receiver"), data.get("keyword")
+    if receiver is None:
+        message_id = sim.add_inbound(str(data["sender"]), str(data["text"]), keyword=_opt_str(keyword))
+    else:
+        message_id = sim.add_inbound(str(data["sender"]), str(data["text"]), receiver=str(receiver),
+                                     keyword=_opt_str(keyword))
+    return {"id": message_id}
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _fault(sim: ProviderSimulator, data: dict[str, Any], query: dict[str, list[str]]) -> Any:
@@ -845,7 +854,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # skip HTTPServer's getfqdn(): a DNS lookup
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = host.decode() if isinstance(host, (bytes, bytearray)) else str(host)
 
     def track(self, connection: socket.socket, alive: bool) -> None:
         with self._connections_lock:
@@ -893,7 +903,8 @@ class SimulatorServer:
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
+        address, port = self._httpd.server_address[:2]
+        host = str(address.decode() if isinstance(address, (bytes, bytearray)) else address)
         host = "127.0.0.1" if host == "0.0.0.0" else host
         return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
 

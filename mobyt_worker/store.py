@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -406,7 +406,7 @@ class OrderStore:
 
     def note_error(self, order_id: str, error: Exception) -> None:
         """Keep the last transient error on the record for operators."""
-        self.redis.hset(self.keys.order(order_id), mapping=_error_fields(error))
+        self.redis.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], _error_fields(error)))
 
     def _set_if_state(self, order_id: str, allowed: set[str], state: str, error: Exception, **more: Any) -> None:
         key = self.keys.order(order_id)
@@ -414,7 +414,7 @@ class OrderStore:
         def update(pipe: redis.client.Pipeline) -> None:
             if pipe.hget(key, "state") in allowed:
                 pipe.multi()
-                pipe.hset(key, mapping={"state": state, **_error_fields(error), **more})
+                pipe.hset(key, mapping=cast(Mapping[Any, Any], {"state": state, **_error_fields(error), **more}))
 
         self.redis.transaction(update, key)
 
@@ -474,7 +474,7 @@ class OrderStore:
             pipe.execute()
 
     def batch_orders(self, batch_id: str) -> list[str]:
-        chunks = self.redis.hgetall(self.keys.batch(batch_id))
+        chunks = cast(dict[str, str], self.redis.hgetall(self.keys.batch(batch_id)))
         return [chunks[k] for k in sorted(chunks, key=int)]
 
     # --- reading -------------------------------------------------------------------------
@@ -504,7 +504,7 @@ class OrderStore:
         found: list[OrderRecord] = []
         start, page = 0, max(limit, 100)
         while len(found) < limit:
-            ids = self.redis.zrevrange(self.keys.orders, start, start + page - 1)
+            ids = cast(list[str], self.redis.zrevrange(self.keys.orders, start, start + page - 1))
             if not ids:
                 break
             for oid in ids:
