@@ -61,6 +61,10 @@ def create_app(settings: Settings) -> Celery:
         redis_retry_on_timeout=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
+        # On a lost broker connection, running tasks finish (a thread cannot be stopped
+        # mid-request); their ack is lost, so they come back after the visibility timeout
+        # and, being idempotent, find their work done.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_pool_limit=max(10, settings.worker_concurrency),
         result_expires=timedelta(days=1),
         # Enforced by prefork/gevent pools; the threads pool relies on HTTP timeouts.
