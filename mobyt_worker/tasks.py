@@ -28,6 +28,7 @@ from .errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
+from .protocol import RecipientStatus
 from .runtime import Runtime
 from .store import CANCELLED, FAILED, OPEN_STATES, SCHEDULED, SENDING, UNSENT
 from .worker import QUEUE, app
@@ -152,21 +153,20 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
             store.release_send(order_id, token)
 
 
-def _provider_knows(order_id: str) -> bool:
+def _provider_rows(order_id: str) -> list[RecipientStatus]:
+    """SMSSTATUS for an order whose fate is in doubt; a refusal means the provider does
+    not know it (the seed documents no KO codes, so any KO counts), hence no rows."""
     try:
-        return bool(_runtime().client.sms_status(order_id))
+        return _runtime().client.sms_status(order_id)
     except ProviderRejected:
-        return False
+        return []
 
 
 def _already_accepted(order_id: str, request: sms.SendRequest) -> bool:
     """Resolve an attempt whose outcome is unknown: did the provider get it?"""
     rt = _runtime()
-    try:
-        rows = rt.client.sms_status(order_id)
-    except ProviderRejected:
-        rows = []  # the provider does not know this order: it was never accepted
-    if not rows:
+    rows = _provider_rows(order_id)
+    if not rows:  # the provider does not know this order: it was never accepted
         rt.store.mark_unsent(order_id, ProviderRejected("not known to the provider after an ambiguous attempt"))
         return False
     log.info("order %s: earlier ambiguous attempt was accepted by the provider", order_id)
@@ -267,12 +267,7 @@ def _settle_unfinished_send(order_id: str, state: str) -> None:
     if rt.redis.exists(rt.store.keys.send_lock(order_id)):
         rt.store.reschedule_poll(order_id, rt.settings.poll_intervals[0])
         return
-    rows = []
-    if state == SENDING:
-        try:
-            rows = rt.client.sms_status(order_id)
-        except ProviderRejected:
-            rows = []
+    rows = _provider_rows(order_id) if state == SENDING else []
     if rows:
         record = rt.store.require_order(order_id)
         rt.store.mark_accepted(order_id, scheduled=False, recipients=[r.recipient for r in rows],
@@ -303,7 +298,7 @@ def cancel(order_id: str) -> dict[str, Any]:
     except ProviderRejected:
         # REMOVE_DELAYED is retried on transient errors; if an earlier try was applied and
         # its answer lost, the retry is refused. The provider forgetting the order says so.
-        if _provider_knows(order_id):
+        if _provider_rows(order_id):
             raise
         log.info("order %s: REMOVE_DELAYED refused but the order is gone: cancelled", order_id)
     rt.store.mark_cancelled(order_id)
