@@ -335,3 +335,23 @@ def test_cancel_whose_answer_was_lost_still_ends_cancelled(redis_url, simulator,
     record = client.send_task("mobyt.cancel", kwargs={"order_id": reply["order_id"]}, queue="mobyt").get(timeout=30)
     assert record["state"] == "cancelled"
     assert simulator.count("REMOVE_DELAYED") == 2  # the retry was refused: the order was gone
+
+
+def test_a_send_that_exhausts_its_retries_is_settled_by_the_poller(redis_url, simulator, start_process):
+    """Every attempt's connection drops (never processed): after the last retry the poller
+    asks SMSSTATUS, finds nothing, and fails the order; nothing was billed."""
+    from mobyt_worker.tasks import SEND_MAX_RETRIES
+
+    start_process("worker")
+    start_process("beat")
+    simulator.inject_fault("SENDSMS", "drop", count=SEND_MAX_RETRIES + 1)
+    result = enqueue(bare_client(redis_url), recipients=[DLVRD_NUMBER], message="x", sender="ACME", order_id="GIVEUP1")
+    with pytest.raises(Exception) as info:
+        result.get(timeout=60)
+    assert type(info.value).__name__ == "ProviderDisconnected"
+    assert simulator.count("SENDSMS") == SEND_MAX_RETRIES + 1
+    store = order_store(redis_url)
+    record = wait_for(lambda: (r := store.get_order("GIVEUP1")) and r.state == "failed" and r, timeout=20,
+                      what="the poller to settle the order")
+    assert "nothing was billed" in (record.error or "")
+    assert simulator.billed_sends() == 0
