@@ -131,7 +131,10 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
     lock_seconds = s.connect_timeout + s.read_timeout + 5
     if rt.send_limiter is not None:  # wait for a slot before taking the lock, not while holding it
         rt.optouts.check(request.recipients)  # (and spend no slot on a send STOP refuses)
-        rt.send_limiter.acquire(timeout=s.task_time_limit)
+        try:
+            rt.send_limiter.acquire(timeout=s.task_time_limit)
+        except TimeoutError as exc:  # the backlog is longer than one task may wait: queue again
+            raise task.retry(exc=exc, countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
     # STOP is honoured before any HTTP call: the claim checks the opt-outs in its round trip.
     verdict, state, token = store.claim_send(order_id, meta, lock_seconds=lock_seconds,
                                              optout_key=rt.optouts.key, recipients=request.recipients)
