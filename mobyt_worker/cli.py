@@ -266,12 +266,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 def _credits_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stored", action="store_true",
-                       help="the balance last stored in Redis (by mobyt.check_credits), with its time")
+                       help="the balance last stored in Redis by mobyt.check_credits, with its time (the default)")
     which.add_argument("--refresh", action="store_true", help="ask the provider, store the answer in Redis, show it")
+    which.add_argument("--live", action="store_true", help="ask the provider only (CREDITS); Redis is not used")
 
 
 def cmd_credits(args: argparse.Namespace) -> int:
-    if args.stored or args.refresh:
+    """The balance the workers stored (default), refreshed (--refresh), or asked live (--live)."""
+    if not args.live:
         return _stored_credits(args)
     with _client() as client:
         rows = client.credits()
@@ -513,7 +515,8 @@ COMMANDS: dict[str, Command] = {
     "status": Command("delivery status of an order (SMSSTATUS)", _order_arguments, cmd_status),
     "cancel": Command("cancel a scheduled order (REMOVE_DELAYED)", _order_arguments, cmd_cancel),
     "history": Command("orders sent between two dates (SMSHISTORY)", _range_arguments, cmd_history),
-    "credits": Command("available credits (CREDITS), or the balance stored in Redis", _credits_arguments, cmd_credits),
+    "credits": Command("the credit balance stored in Redis; --refresh or --live ask the provider (CREDITS)",
+                       _credits_arguments, cmd_credits),
     "inbox": Command("received SMS (SRHISTORYBYID, SRNEWMESSAGES or SRHISTORY), or --stored", _inbox_arguments, cmd_inbox),
     "optouts": Command("numbers that sent STOP (sends refused); --clear NUMBER", _optouts_arguments, cmd_optouts),
     "order": Command("one order tracked in Redis: record, per-recipient status, history", _order_arguments,

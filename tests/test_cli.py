@@ -145,18 +145,18 @@ def test_usage_error_exits_2(capsys):
 
 def test_missing_configuration_exits_2(capsys, monkeypatch, sim):
     monkeypatch.delenv("MOBYT_PASSWORD")
-    code, _, err = run(capsys, "credits")
+    code, _, err = run(capsys, "credits", "--live")
     assert code == 2 and "MOBYT_PASSWORD" in err
     assert sim.count("CREDITS") == 0
 
 
 def test_wrong_password_exits_3(capsys, monkeypatch):
     monkeypatch.setenv("MOBYT_PASSWORD", "wrong")
-    code, out, err = run(capsys, "credits")
+    code, out, err = run(capsys, "credits", "--live")
     assert code == 3 and out == ""
     assert "rejected [" in err and len(err.strip().splitlines()) == 1
     assert "wrong" not in err
-    code, _, err = run(capsys, "credits", "--json")
+    code, _, err = run(capsys, "credits", "--live", "--json")
     info = json.loads(err)
     assert code == 3 and info["error"] == "rejected" and info["code"] and info["message"]
 
@@ -171,9 +171,9 @@ def test_transient_failure_exits_4(capsys, sim):
 
 def test_credits_history_inbox(capsys, sim):
     assert run(capsys, *send_args("--order-id", "H1"))[0] == 0
-    code, out, _ = run(capsys, "credits")
+    code, out, _ = run(capsys, "credits", "--live")
     assert code == 0 and out.split()[:3] == ["type", "nation", "available"]
-    code, out, _ = run(capsys, "credits", "--json")
+    code, out, _ = run(capsys, "credits", "--live", "--json")
     assert code == 0 and {"message_type", "nation", "available"} <= set(json.loads(out)[0])
 
     day = datetime.now().astimezone()

@@ -97,7 +97,7 @@ def test_cli_shows_the_stored_balance_and_refreshes_it(worker_env, simulator, mo
     assert {(r["message_type"], r["nation"]): r["available"] for r in rows} == simulator.credits()
     assert simulator.count("CREDITS") == 1
 
-    assert cli.main(["credits", "--stored"]) == 0
+    assert cli.main(["credits"]) == 0  # the stored balance is the default view
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["type", "nation", "available", "at"] and len(out) == 4
     assert simulator.count("CREDITS") == 1
