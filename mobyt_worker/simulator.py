@@ -77,6 +77,7 @@ from zoneinfo import ZoneInfo
 from . import protocol
 from .config import DEFAULT_PATHS
 from .protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, SendReceipt, Status
+from .sms import GSM_ALPHABET, GSM_EXTENDED, PART_UNITS, SINGLE_SMS_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,6 @@ CALLING_CODES = {
     "IT": "39", "LU": "352", "MC": "377", "NL": "31", "PT": "351",
 }  # fmt: skip
 
-_GSM_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM_EXTENDED = frozenset("^{}\\[~]|€")
 _NUMBER = re.compile(r"\+?[0-9]{4,20}")
 _SENDER = re.compile(r"[A-Za-z0-9]{1,11}|\+?[0-9]{3,16}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -202,15 +198,11 @@ class _Order:
     last_sent: float = 0.0
 
 
-def message_parts(message: str) -> int:
-    """SMS parts billed for one recipient (GSM 03.38, else UCS-2; see the docstring)."""
-    return _measure(message)[1]
-
-
 def _measure(message: str) -> tuple[int, int]:
-    if all(c in _GSM_BASIC or c in _GSM_EXTENDED for c in message):
-        units = len(message) + sum(1 for c in message if c in _GSM_EXTENDED)
-        single, multi = 160, 153
+    """Units and parts billed for one recipient (GSM 03.38, else UCS-2; see the docstring)."""
+    if all(c in GSM_ALPHABET for c in message):
+        units = len(message) + sum(1 for c in message if c in GSM_EXTENDED)
+        single, multi = SINGLE_SMS_UNITS, PART_UNITS
     else:
         units = len(message.encode("utf-16-le")) // 2
         single, multi = 70, 67
