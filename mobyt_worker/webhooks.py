@@ -24,8 +24,9 @@ atomic Lua script, so a fact that arrives by push and by poll is recorded once. 
 status for an order we do not track is acknowledged and ignored.
 
 The token must never reach a log: :func:`install_log_filter` masks the path segment
-after ``/callbacks/`` (and the token itself anywhere) in every record of gunicorn's
-access and error loggers and of this module; :func:`wsgi_app` installs it.
+after ``/callbacks/`` (and the token itself anywhere), with the workers' masking of phone
+numbers (:class:`logs.MaskFilter`), in every record of gunicorn's access and error loggers
+and of this module; :func:`wsgi_app` installs it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from . import metrics
 from .config import Settings
 from .errors import ConfigError, InvalidInput, ProviderBadResponse
 from .inbox import first_word
+from .logs import MaskFilter
 from .protocol import InboundMessage, RecipientStatus, Status, parse_date
 from .runtime import Runtime
 from .sms import validate_order_id
@@ -84,22 +86,11 @@ def mask(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
-class MaskTokenFilter(logging.Filter):
-    """Rewrites a log record whose message shows a callback path or the token."""
+class MaskTokenFilter(MaskFilter):
+    """The workers' log mask (secrets, phone numbers), plus any callback path's token."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record is the logging module's business
-            return True
-        masked = mask(message, self.secrets)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
+    def mask(self, text: str) -> str:
+        return super().mask(mask(text))
 
 
 #: Loggers that may see a request path: gunicorn's access and error logs, and ours.
