@@ -14,9 +14,9 @@ import logging
 import random
 import re
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from celery import Task
 
@@ -86,10 +86,11 @@ def send_sms(
         recipients=recipients, message=message,
         message_type=message_type or s.default_message_type,
         sender=sender if sender is not None else s.default_sender,
-        scheduled_at=scheduled_at, order_id=order_id, return_credits=return_credits,
-        country=s.country, tz=s.timezone, now=datetime.now(timezone.utc), non_gsm=s.non_gsm,
+        scheduled_at=scheduled_at, order_id=order_id or order_id_for_task(self.request.id),
+        return_credits=return_credits, country=s.country, tz=s.timezone, now=datetime.now(timezone.utc),
+        non_gsm=s.non_gsm,
     )
-    order_id = request.order_id or order_id_for_task(self.request.id)
+    order_id = cast(str, request.order_id)  # fixed before the first attempt, kept by every retry
     if len(request.recipients) > s.bulk_chunk_size:
         rt.optouts.check(request.recipients)  # STOP is honoured before any HTTP call
         return _split_bulk(self, request, batch_id=order_id)
@@ -182,7 +183,7 @@ def _attempt(task: Task, request: sms.SendRequest, order_id: str, lock_token: st
     rt = _runtime()
     store, s = rt.store, rt.settings
     try:
-        receipt = rt.client.send_sms(_with_order_id(request, order_id))
+        receipt = rt.client.send_sms(request)
     except ProviderRejected as exc:
         store.mark_failed(order_id, exc)
         log.warning("order %s refused by the provider: %s", order_id, exc)
@@ -200,10 +201,6 @@ def _attempt(task: Task, request: sms.SendRequest, order_id: str, lock_token: st
     credits = receipt.count if request.return_credits else None
     state = _record_acceptance(request, order_id, credits=credits, lock_token=lock_token)
     return _send_result(order_id, request, state, credits=credits)
-
-
-def _with_order_id(request: sms.SendRequest, order_id: str) -> sms.SendRequest:
-    return replace(request, order_id=order_id)
 
 
 def _record_acceptance(request: sms.SendRequest, order_id: str, credits: int | None, lock_token: str = "") -> str:
