@@ -187,14 +187,12 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     into chunks when large. ``--wait`` follows it to the end, with progress on stderr."""
     settings = _settings()
     request = _send_request(args, settings)  # refuse bad input before anything is queued
-    from .worker import QUEUE, create_app  # noqa: PLC0415 - only this command needs Celery
+    from .producer import send_sms  # noqa: PLC0415 - only this command needs Celery
+    from .worker import create_app  # noqa: PLC0415
 
-    app = create_app(settings)
-    kwargs = {"recipients": list(request.recipients), "message": args.message, "sender": request.sender,
-              "message_type": request.message_type, "scheduled_at": args.at, "order_id": request.order_id,
-              "return_credits": request.return_credits}
-    reply = app.send_task("mobyt.send_sms", kwargs=kwargs, queue=QUEUE,
-                          task_id=f"send-{request.order_id}").get(timeout=args.timeout)
+    reply = send_sms(create_app(settings), request.recipients, args.message, sender=request.sender,
+                     message_type=request.message_type, scheduled_at=args.at, order_id=request.order_id,
+                     return_credits=request.return_credits).result.get(timeout=args.timeout)
     if args.wait:
         reply["final"] = _follow(reply.get("orders") or [reply["order_id"]], len(request.recipients), args.timeout)
     human = table(["order_id", "status", "recipients", "credits", "orders"],
