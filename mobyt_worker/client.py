@@ -1,8 +1,8 @@
 """The Mobyt client: one method per provider function, over a replaceable transport.
 
-Only :class:`RequestsTransport` knows ``requests``; it turns every failure into a typed
-error from :mod:`mobyt_worker.errors` (the one place for that mapping), so the client,
-the tasks and the tests see our error hierarchy only. Credentials travel in the POST
+The transport (:mod:`mobyt_worker.transport`) turns every failure into a typed error
+from :mod:`mobyt_worker.errors`, so the client, the tasks and the tests see our error
+hierarchy only. Credentials travel in the POST
 body, never in a URL, and no log line or error message ever carries the form data.
 
 Retries: reads are retried on :class:`ProviderUnavailable` with jittered exponential
@@ -14,23 +14,16 @@ only when the request certainly never left (:class:`ProviderConnectError`).
 from __future__ import annotations
 
 import logging
-import os
-import ssl
-import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
-import requests
-from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
-from urllib3.exceptions import ClosedPoolError, NewConnectionError
 
 from . import errors, protocol
 from .protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, SendReceipt
 from .sms import validate_order_id
+from .transport import Transport, Urllib3Transport, check_status
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -40,133 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    text: str
-
-
-class Transport(Protocol):
-    def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse: ...
-
-
-def check_status(status: int, where: str) -> None:
-    """Map a non-2xx HTTP status to a typed error (5xx transient, 3xx/4xx permanent)."""
-    if 200 <= status < 300:
-        return
-    if status >= 500:
-        raise errors.ProviderServerError(f"{where}: HTTP {status}", code=f"HTTP{status}")
-    why = "redirected (set MOBYT_BASE_URL to the final URL)" if 300 <= status < 400 else "refused"
-    raise errors.ProviderRejected(f"{where}: HTTP {status} {why}", code=f"HTTP{status}")
-
-
-class RequestsTransport:
-    """POSTs form bodies over one keep-alive ``requests.Session`` per process.
-
-    The session is rebuilt after a fork (Celery prefork children must not share
-    sockets with their parent). urllib3 never retries (``max_retries=0``): whether a
-    request may be repeated is the client's decision.
-    """
-
-    def __init__(self, pool_size: int = 64) -> None:
-        self._pool_size = pool_size
-        self._lock = threading.Lock()
-        self._session: requests.Session | None = None
-        self._pid = 0
-        self._targets: dict[str, tuple[str, Any, requests.PreparedRequest]] = {}
-
-    def _get_session(self) -> requests.Session:
-        with self._lock:
-            if self._session is None or self._pid != os.getpid():
-                session = requests.Session()
-                adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self._pool_size, max_retries=0)
-                session.mount("https://", adapter)
-                session.mount("http://", adapter)
-                session.headers["User-Agent"] = "mobyt-worker"
-                self._session, self._pid = session, os.getpid()
-            return self._session
-
-    def _target(self, session: requests.Session, url: str) -> tuple[str, Any, requests.PreparedRequest]:
-        """What ``Session.request`` would read from the environment for ``url`` (proxies, CA
-        bundle, .netrc) and a request prepared up to its body, built once per URL: redoing
-        it on every call cost more CPU than the POST itself."""
-        target = self._targets.get(url)
-        if target is None:
-            settings = session.merge_environment_settings(url, {}, False, None, None)
-            auth = requests.utils.get_netrc_auth(url) if session.trust_env else None
-            template = requests.Request("POST", url, headers=session.headers, auth=auth).prepare()
-            target = self._targets[url] = (_where(url), settings, template)
-        return target
-
-    def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
-        session = self._get_session()
-        try:
-            where, settings, template = self._target(session, url)
-            # The session's adapter directly: what Session.post does minus the per-call
-            # environment reads, hooks and cookie jar (the provider's API is stateless).
-            prepared = template.copy()
-            prepared.prepare_body(dict(data), None)
-            response = session.get_adapter(url).send(prepared, timeout=timeout, **settings)
-            body = response.content.decode("utf-8", errors="replace")  # the seed says UTF-8
-        except requests.exceptions.RequestException as exc:
-            raise _map_exception(exc, _where(url)) from None
-        check_status(response.status_code, where)
-        return HttpResponse(response.status_code, body)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._session is not None and self._pid == os.getpid():
-                self._session.close()
-            self._session = None
-
-
-def _where(url: str) -> str:
-    """How a request is named in errors and logs: never the query, never the body."""
-    parts = urlsplit(url)
-    return f"POST {parts.hostname}{parts.path}"
-
-
-def _causes(exc: BaseException) -> list[object]:
-    """The exceptions wrapped inside a requests error (args, urllib3 ``reason``, chain)."""
-    found: list[object] = []
-    todo: list[object] = [exc]
-    while todo and len(found) < 12:
-        item = todo.pop()
-        found.append(item)
-        nested = [getattr(item, "reason", None), getattr(item, "__cause__", None), getattr(item, "__context__", None)]
-        nested += list(getattr(item, "args", ()))[:2]
-        todo += [n for n in nested if isinstance(n, BaseException) and n not in found]
-    return found
-
-
-def _map_exception(exc: requests.exceptions.RequestException, where: str) -> errors.MobytError:
-    """Our own message, built from the host and path only (never ``str(exc)``).
-
-    ProviderConnectError only where the request certainly never left (a refused or
-    timed-out connect, a certificate refused during the handshake); anything that may
-    have reached the provider is ambiguous.
-    """
-    rex = requests.exceptions
-    causes = _causes(exc)
-    if isinstance(exc, rex.ConnectTimeout):
-        return errors.ProviderConnectError(f"{where}: connect timed out")
-    if isinstance(exc, rex.ReadTimeout):
-        return errors.ProviderTimeout(f"{where}: no answer in time")
-    if isinstance(exc, (rex.InvalidURL, rex.MissingSchema, rex.InvalidSchema)):
-        return errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL")
-    if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
-        return errors.ProviderConnectError(f"{where}: TLS certificate refused")
-    if isinstance(exc, rex.ChunkedEncodingError):
-        return errors.ProviderDisconnected(f"{where}: connection dropped while reading the answer")
-    if isinstance(exc, rex.ContentDecodingError):
-        return errors.ProviderBadResponse(f"{where}: undecodable answer")
-    if isinstance(exc, rex.ConnectionError):
-        if any(isinstance(c, (NewConnectionError, ClosedPoolError)) for c in causes):
-            return errors.ProviderConnectError(f"{where}: cannot connect")  # nothing was sent
-        return errors.ProviderDisconnected(f"{where}: connection dropped after sending")
-    return errors.ProviderDisconnected(f"{where}: {type(exc).__name__}")
 
 
 class MobytClient:
@@ -183,7 +49,7 @@ class MobytClient:
     ) -> None:
         self.settings = settings
         self._owns_transport = transport is None
-        self._transport: Transport = transport if transport is not None else RequestsTransport(settings.pool_size)
+        self._transport: Transport = transport if transport is not None else Urllib3Transport(settings.pool_size)
         self._on_request = on_request
         wait = wait_random_exponential(multiplier=0.25, max=backoff_max)
         stop = stop_after_attempt(read_attempts)

@@ -10,11 +10,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mobyt_worker import errors
-from mobyt_worker.client import HttpResponse, MobytClient, RequestsTransport
+from mobyt_worker.client import MobytClient
 from mobyt_worker.config import Secret, Settings
 from mobyt_worker.protocol import CreditRow, InboundMessage, Status
 from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
 from mobyt_worker.sms import build_send_request
+from mobyt_worker.transport import HttpResponse, Urllib3Transport
 
 PARIS = ZoneInfo("Europe/Paris")
 LOGIN = "acme"
@@ -351,13 +352,29 @@ def test_password_never_leaks(server, sim, caplog):
         assert "s3cr3t" not in text
 
 
-def test_transport_rebuilds_its_session_after_fork(monkeypatch):
-    transport = RequestsTransport(pool_size=2)
-    first = transport._get_session()
-    assert transport._get_session() is first
+def test_transport_rebuilds_its_pools_after_fork(monkeypatch):
+    transport = Urllib3Transport(pool_size=2)
+    first = transport._manager("http://127.0.0.1:9/x")
+    assert transport._manager("http://127.0.0.1:9/y") is first  # one manager per scheme and host
     monkeypatch.setattr("os.getpid", lambda: -1)
-    assert transport._get_session() is not first
+    assert transport._manager("http://127.0.0.1:9/x") is not first
     transport.close()
+
+
+def test_requests_go_through_the_proxy_the_environment_names(server, sim, monkeypatch):
+    """The provider's host does not resolve here: only the proxy (the simulator, which
+    reads the absolute URL it is given) can answer."""
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with MobytClient(make_settings("http://mobyt.invalid"), read_attempts=1) as client:
+        assert client.credits()
+    assert sim.count("CREDITS") == 1
+    monkeypatch.setenv("NO_PROXY", "mobyt.invalid")
+    with MobytClient(make_settings("http://mobyt.invalid"), read_attempts=1) as client:
+        with pytest.raises(errors.ProviderConnectError):
+            client.credits()  # bypassing the proxy, the name does not resolve
+    assert sim.count("CREDITS") == 1
 
 
 @pytest.fixture
