@@ -52,6 +52,7 @@ import os
 import threading
 import weakref
 from collections import defaultdict
+from functools import lru_cache
 from typing import Any, Iterable, Iterator
 
 import redis
@@ -90,7 +91,12 @@ _INBOX_SOURCES = {"mobyt.poll_inbox": "poll", "mobyt.reconcile_inbox": "reconcil
 
 
 def _field(name: str, part: str, labels: dict[str, str]) -> str:
-    return f"{name}|{part}|{json.dumps(labels, sort_keys=True, separators=(',', ':'))}"
+    return _field_of(name, part, tuple(sorted(labels.items())))
+
+
+@lru_cache(maxsize=4096)  # a few hundred distinct series; counting runs on every task
+def _field_of(name: str, part: str, labels: tuple[tuple[str, str], ...]) -> str:
+    return f"{name}|{part}|{json.dumps(dict(labels), separators=(',', ':'))}"
 
 
 class Metrics:

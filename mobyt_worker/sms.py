@@ -33,6 +33,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -268,8 +269,8 @@ class SendRequest:
     order_id: str | None
     return_credits: bool = False
 
-    @property
-    def length(self) -> MessageLength:
+    @cached_property
+    def length(self) -> MessageLength:  # counted once: every send asks for it several times
         return message_length(self.message, "reject")
 
     @property
