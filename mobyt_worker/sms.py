@@ -306,6 +306,6 @@ def build_send_request(
     when = validate_scheduled_at(scheduled_at, now, tz)
     if not isinstance(return_credits, bool):
         raise InvalidInput("return_credits", "must be true or false")
-    return SendRequest(
-        tuple(numbers), length.text, kind, checked_sender, when, checked_order_id, return_credits
-    )
+    request = SendRequest(tuple(numbers), length.text, kind, checked_sender, when, checked_order_id, return_credits)
+    request.__dict__["length"] = length  # the cached property, already counted above
+    return request

@@ -18,7 +18,8 @@ import ssl
 import threading
 import urllib.request
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from functools import lru_cache
+from typing import Any, Mapping, Protocol
 from urllib.parse import unquote, urlencode, urlsplit
 
 import certifi
@@ -74,14 +75,16 @@ class Urllib3Transport:
         self._pool_size = pool_size
         self._lock = threading.Lock()
         self._managers: dict[str, urllib3.PoolManager] = {}
+        self._routes: dict[str, tuple[Any, str]] = {}
         self._pid = os.getpid()
 
     def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
         where = _where(url)
         try:
-            answer = self._manager(url).urlopen(
-                "POST", url, body=urlencode(data), headers=HEADERS, retries=False, redirect=False,
-                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]), preload_content=True,
+            opener, target = self._route(url)
+            answer = opener.urlopen(
+                "POST", target, body=urlencode(data), headers=HEADERS, retries=False, redirect=False,
+                timeout=_timeout(*timeout), preload_content=True,
             )
         except HTTPError as exc:
             raise _map_exception(exc, where) from None
@@ -90,26 +93,44 @@ class Urllib3Transport:
         check_status(answer.status, where)
         return HttpResponse(answer.status, answer.data.decode("utf-8", errors="replace"))  # the seed says UTF-8
 
+    def _route(self, url: str) -> tuple[Any, str]:
+        """What to call ``urlopen`` on, and with what: the host's connection pool and the
+        path, or the proxy manager and the whole URL. Worked out once per URL (urllib3's
+        PoolManager would parse and look it up again on every call)."""
+        route = self._routes.get(url)
+        if route is None or self._pid != os.getpid():
+            manager = self._manager(url)
+            if isinstance(manager, urllib3.ProxyManager):
+                route = (manager, url)
+            else:
+                parts = urlsplit(url)
+                route = (manager.connection_from_url(url), parts.path + (f"?{parts.query}" if parts.query else ""))
+            self._routes[url] = route
+        return route
+
     def _manager(self, url: str) -> urllib3.PoolManager:
         """The pool manager for ``url``'s scheme and host: direct, or through its proxy."""
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}"
-        manager = self._managers.get(key)
-        if manager is None or self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._managers, self._pid = {}, os.getpid()
-                manager = self._managers.get(key)
-                if manager is None:
-                    manager = self._managers[key] = _new_manager(parts.scheme, parts.hostname or "", self._pool_size)
-        return manager
+        with self._lock:
+            if self._pid != os.getpid():
+                self._managers, self._routes, self._pid = {}, {}, os.getpid()
+            manager = self._managers.get(key)
+            if manager is None:
+                manager = self._managers[key] = _new_manager(parts.scheme, parts.hostname or "", self._pool_size)
+            return manager
 
     def close(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
                 for manager in self._managers.values():
                     manager.clear()
-            self._managers = {}
+            self._managers, self._routes = {}, {}
+
+
+@lru_cache(maxsize=16)
+def _timeout(connect: float, read: float) -> urllib3.Timeout:
+    return urllib3.Timeout(connect=connect, read=read)
 
 
 def _new_manager(scheme: str, host: str, pool_size: int) -> urllib3.PoolManager:
