@@ -40,8 +40,7 @@ def machine() -> str:
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"machine: {os.cpu_count()} cpu ({cpu}), {mem_gb:.0f} GB, {platform.system()} {platform.release()}\n"
             f"python {platform.python_version()}, celery {version('celery')}, kombu {version('kombu')}, "
-            f"redis-py {version('redis')} (hiredis {version('hiredis')}), urllib3 {version('urllib3')}, "
-            f"redis-server {redis_version}")
+            f"redis-py {version('redis')} (hiredis {version('hiredis')}), redis-server {redis_version}")
 
 
 class Simulator:

@@ -23,7 +23,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from . import errors, protocol
 from .protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, SendReceipt
 from .sms import validate_order_id
-from .transport import Transport, Urllib3Transport, check_status
+from .transport import HttpTransport, Transport, check_status
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -49,7 +49,7 @@ class MobytClient:
     ) -> None:
         self.settings = settings
         self._owns_transport = transport is None
-        self._transport: Transport = transport if transport is not None else Urllib3Transport(settings.pool_size)
+        self._transport: Transport = transport if transport is not None else HttpTransport(settings.pool_size)
         self._on_request = on_request
         wait = wait_random_exponential(multiplier=0.25, max=backoff_max)
         stop = stop_after_attempt(read_attempts)

@@ -1,41 +1,33 @@
 """One HTTP exchange with the provider, and the one place where its failures get a type.
 
 The client above sees :class:`HttpResponse` or an error from :mod:`mobyt_worker.errors`,
-never a library exception. :class:`Urllib3Transport` talks to urllib3 directly, the
-engine under ``requests``: requests' session, adapter and response layers cost more
-CPU per call than the exchange itself (bench/pipeline_throughput.py), and the
-provider's API needs none of them (no cookies, no redirects, no auth headers).
+never a library exception. Every provider call is the same small thing: one form POST
+to one host, answered with one short body. :class:`HttpTransport` does exactly that
+with the standard library's ``http.client`` over a small pool of keep-alive
+connections: ``requests``, and urllib3 under it, spent more CPU per call than the
+exchange itself, and sends are CPU-bound inside a worker process
+(bench/pipeline_throughput.py).
 
-Whether a failed request may have reached the provider decides what the caller may
-do next, so every error says so: ``ProviderConnectError`` only where the request
-certainly never left; anything later is ambiguous.
+Whether a failed request may have reached the provider decides what the caller may do
+next, so every error says so: ``ProviderConnectError`` only where the request certainly
+never left (the connection, the proxy tunnel or the TLS handshake failed); anything
+later is ambiguous.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
+import select
 import ssl
 import threading
 import urllib.request
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol
 from urllib.parse import unquote, urlencode, urlsplit
 
 import certifi
-import urllib3
-from urllib3.exceptions import (
-    ClosedPoolError,
-    ConnectTimeoutError,
-    DecodeError,
-    EmptyPoolError,
-    HTTPError,
-    LocationValueError,
-    NewConnectionError,
-    ProxyError,
-    ReadTimeoutError,
-    SSLError,
-)
 
 from . import errors
 
@@ -62,109 +54,153 @@ def check_status(status: int, where: str) -> None:
     raise errors.ProviderRejected(f"{where}: HTTP {status} {why}", code=f"HTTP{status}")
 
 
-class Urllib3Transport:
+@dataclass(frozen=True)
+class Route:
+    """How to reach one URL: the socket to open, what to ask for, how to name it."""
+
+    where: str  # "POST host/path": errors and logs name a request this way, never more
+    https: bool
+    address: tuple[str, int]  # the provider, or the proxy in front of it
+    target: str  # the path, or the whole URL when an HTTP proxy forwards it
+    headers: dict[str, str] = field(default_factory=lambda: dict(HEADERS))
+    tunnel: tuple[str, int] | None = None  # the provider behind an HTTPS proxy (CONNECT)
+    tunnel_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[bool, tuple[str, int], tuple[str, int] | None]:
+        """Routes with the same key can share connections."""
+        return self.https, self.address, self.tunnel
+
+
+def route_for(url: str) -> Route:
+    """Direct, or through the proxy ``HTTP(S)_PROXY`` names unless ``NO_PROXY`` excludes the host."""
+    parts = urlsplit(url)
+    where = f"POST {parts.hostname}{parts.path}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        raise errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL")
+    https = parts.scheme == "https"
+    host, port = parts.hostname, port or (443 if https else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return Route(where, https, (host, port), path)
+    via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    auth = {}
+    if via.username:
+        pair = f"{unquote(via.username)}:{unquote(via.password or '')}".encode()
+        auth = {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
+    address = (via.hostname or "", via.port or 80)
+    if https:  # the proxy relays bytes only: TLS runs end to end with the provider
+        return Route(where, True, address, path, tunnel=(host, port), tunnel_headers=auth)
+    return Route(where, False, address, url, headers=HEADERS | auth)
+
+
+class HttpTransport:
     """POSTs form bodies over keep-alive connections shared by all threads of a process.
 
-    Honours ``HTTP(S)_PROXY`` / ``NO_PROXY`` and verifies TLS against ``SSL_CERT_FILE``
-    when set, certifi's bundle otherwise. urllib3 never retries or follows a redirect
-    (``retries=False``): whether a request may be repeated is the client's decision.
-    The pools are rebuilt after a fork (prefork children must not share sockets).
+    Idle connections wait in a stack per route (at most ``pool_size`` each); one the
+    provider closed meanwhile is noticed before use and replaced. Nothing is retried or
+    redirected here: whether a request may be repeated is the client's decision. TLS is
+    verified against ``SSL_CERT_FILE`` when set, certifi's bundle otherwise. The pool is
+    emptied after a fork (prefork children must not share their parent's sockets).
     """
 
     def __init__(self, pool_size: int = 64) -> None:
         self._pool_size = pool_size
         self._lock = threading.Lock()
-        self._managers: dict[str, urllib3.PoolManager] = {}
-        self._routes: dict[str, tuple[Any, str]] = {}
+        self._routes: dict[str, Route] = {}
+        self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
+        self._tls: ssl.SSLContext | None = None
         self._pid = os.getpid()
 
     def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
-        where = _where(url)
+        route = self._routes.get(url) or self._routes.setdefault(url, route_for(url))
+        conn = self._checkout(route)
+        if conn is None:
+            conn = self._connect(route, timeout)
         try:
-            opener, target = self._route(url)
-            answer = opener.urlopen(
-                "POST", target, body=urlencode(data), headers=HEADERS, retries=False, redirect=False,
-                timeout=_timeout(*timeout), preload_content=True,
-            )
-        except HTTPError as exc:
-            raise _map_exception(exc, where) from None
-        except ValueError:  # a URL urllib3 cannot even parse
-            raise errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL") from None
-        check_status(answer.status, where)
-        return HttpResponse(answer.status, answer.data.decode("utf-8", errors="replace"))  # the seed says UTF-8
+            conn.request("POST", route.target, body=urlencode(data), headers=route.headers)
+            answer = conn.getresponse()
+            body = answer.read()
+        except TimeoutError:
+            conn.close()
+            raise errors.ProviderTimeout(f"{route.where}: no answer in time") from None
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            raise errors.ProviderDisconnected(f"{route.where}: connection dropped after sending") from None
+        if answer.will_close:
+            conn.close()
+        else:
+            self._checkin(route, conn)
+        check_status(answer.status, route.where)
+        return HttpResponse(answer.status, body.decode("utf-8", errors="replace"))  # the seed says UTF-8
 
-    def _route(self, url: str) -> tuple[Any, str]:
-        """What to call ``urlopen`` on, and with what: the host's connection pool and the
-        path, or the proxy manager and the whole URL. Worked out once per URL (urllib3's
-        PoolManager would parse and look it up again on every call)."""
-        route = self._routes.get(url)
-        if route is None or self._pid != os.getpid():
-            manager = self._manager(url)
-            if isinstance(manager, urllib3.ProxyManager):
-                route = (manager, url)
-            else:
-                parts = urlsplit(url)
-                route = (manager.connection_from_url(url), parts.path + (f"?{parts.query}" if parts.query else ""))
-            self._routes[url] = route
-        return route
+    def _connect(self, route: Route, timeout: tuple[float, float]) -> http.client.HTTPConnection:
+        """A new connection, open and ready; a failure here means nothing was sent."""
+        if route.https:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                *route.address, timeout=timeout[0], context=self._tls_context())
+        else:
+            conn = http.client.HTTPConnection(*route.address, timeout=timeout[0])
+        if route.tunnel:
+            conn.set_tunnel(*route.tunnel, headers=route.tunnel_headers)
+        try:
+            conn.connect()
+        except ssl.SSLCertVerificationError:
+            conn.close()
+            raise errors.ProviderConnectError(f"{route.where}: TLS certificate refused") from None
+        except TimeoutError:
+            conn.close()
+            raise errors.ProviderConnectError(f"{route.where}: connect timed out") from None
+        except (OSError, http.client.HTTPException):  # refused, unresolvable, tunnel or handshake refused
+            conn.close()
+            raise errors.ProviderConnectError(f"{route.where}: cannot connect") from None
+        conn.sock.settimeout(timeout[1])  # from now on, the wait for each answer
+        return conn
 
-    def _manager(self, url: str) -> urllib3.PoolManager:
-        """The pool manager for ``url``'s scheme and host: direct, or through its proxy."""
-        parts = urlsplit(url)
-        key = f"{parts.scheme}://{parts.netloc}"
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
+        return self._tls
+
+    def _checkout(self, route: Route) -> http.client.HTTPConnection | None:
+        """An idle connection still open at the other end, or None."""
+        while True:
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._idle, self._pid = {}, os.getpid()  # the parent's sockets stay the parent's
+                idle = self._idle.get(route.key)
+                if not idle:
+                    return None
+                conn = idle.pop()
+            if not _closed_by_peer(conn):
+                return conn
+            conn.close()
+
+    def _checkin(self, route: Route, conn: http.client.HTTPConnection) -> None:
         with self._lock:
-            if self._pid != os.getpid():
-                self._managers, self._routes, self._pid = {}, {}, os.getpid()
-            manager = self._managers.get(key)
-            if manager is None:
-                manager = self._managers[key] = _new_manager(parts.scheme, parts.hostname or "", self._pool_size)
-            return manager
+            idle = self._idle.setdefault(route.key, [])
+            if self._pid == os.getpid() and len(idle) < self._pool_size:
+                idle.append(conn)
+                return
+        conn.close()
 
     def close(self) -> None:
         with self._lock:
+            idle, self._idle = self._idle, {}
             if self._pid == os.getpid():
-                for manager in self._managers.values():
-                    manager.clear()
-            self._managers, self._routes = {}, {}
+                for conn in (c for stack in idle.values() for c in stack):
+                    conn.close()
 
 
-@lru_cache(maxsize=16)
-def _timeout(connect: float, read: float) -> urllib3.Timeout:
-    return urllib3.Timeout(connect=connect, read=read)
-
-
-def _new_manager(scheme: str, host: str, pool_size: int) -> urllib3.PoolManager:
-    ca_certs = os.environ.get("SSL_CERT_FILE") or certifi.where()
-    proxy = urllib.request.getproxies().get(scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        user = urlsplit(proxy)
-        credentials = f"{unquote(user.username or '')}:{unquote(user.password or '')}"
-        auth = urllib3.make_headers(proxy_basic_auth=credentials) if user.username else None
-        return urllib3.ProxyManager(proxy, maxsize=pool_size, retries=False, ca_certs=ca_certs, proxy_headers=auth)
-    return urllib3.PoolManager(maxsize=pool_size, retries=False, ca_certs=ca_certs)
-
-
-def _where(url: str) -> str:
-    """How a request is named in errors and logs: never the query, never the body."""
-    parts = urlsplit(url)
-    return f"POST {parts.hostname}{parts.path}"
-
-
-def _map_exception(exc: HTTPError, where: str) -> errors.MobytError:
-    """Our own message, built from the host and path only (never ``str(exc)``)."""
-    if isinstance(exc, ProxyError):  # urllib3 raises it only before the proxy had our request
-        return errors.ProviderConnectError(f"{where}: cannot connect through the proxy")
-    if isinstance(exc, (NewConnectionError, EmptyPoolError, ClosedPoolError)):  # nothing was sent
-        return errors.ProviderConnectError(f"{where}: cannot connect")
-    if isinstance(exc, ConnectTimeoutError):
-        return errors.ProviderConnectError(f"{where}: connect timed out")
-    if isinstance(exc, ReadTimeoutError):
-        return errors.ProviderTimeout(f"{where}: no answer in time")
-    if isinstance(exc, LocationValueError):
-        return errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL")
-    if isinstance(exc, SSLError) and any(isinstance(c, ssl.SSLCertVerificationError)
-                                         for c in (exc.__context__, exc.__cause__, *exc.args)):
-        return errors.ProviderConnectError(f"{where}: TLS certificate refused")  # refused in the handshake
-    if isinstance(exc, DecodeError):
-        return errors.ProviderBadResponse(f"{where}: undecodable answer")
-    return errors.ProviderDisconnected(f"{where}: connection dropped after sending")
+def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive socket that is readable has been closed (or spoke out of turn)."""
+    if conn.sock is None:
+        return True
+    poller = select.poll()
+    poller.register(conn.sock, select.POLLIN)
+    return bool(poller.poll(0))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -15,7 +21,7 @@ from mobyt_worker.config import Secret, Settings
 from mobyt_worker.protocol import CreditRow, InboundMessage, Status
 from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
 from mobyt_worker.sms import build_send_request
-from mobyt_worker.transport import HttpResponse, Urllib3Transport
+from mobyt_worker.transport import HttpResponse, HttpTransport
 
 PARIS = ZoneInfo("Europe/Paris")
 LOGIN = "acme"
@@ -352,12 +358,27 @@ def test_password_never_leaks(server, sim, caplog):
         assert "s3cr3t" not in text
 
 
-def test_transport_rebuilds_its_pools_after_fork(monkeypatch):
-    transport = Urllib3Transport(pool_size=2)
-    first = transport._manager("http://127.0.0.1:9/x")
-    assert transport._manager("http://127.0.0.1:9/y") is first  # one manager per scheme and host
-    monkeypatch.setattr("os.getpid", lambda: -1)
-    assert transport._manager("http://127.0.0.1:9/x") is not first
+def test_transport_reuses_connections_but_not_across_a_fork(server, sim, monkeypatch):
+    transport = HttpTransport(pool_size=2)
+    url, data = f"{server.url}/Mobyt/CREDITS", {"login": LOGIN, "password": PASSWORD}
+    assert transport.post(url, data, (1, 2)).text.startswith("OK")
+    first = next(iter(transport._idle.values()))[0]
+    transport.post(url, data, (1, 2))
+    assert next(iter(transport._idle.values())) == [first]  # kept alive and reused
+    monkeypatch.setattr("os.getpid", lambda: -1)  # as seen from a forked child
+    transport.post(url, data, (1, 2))
+    assert first not in next(iter(transport._idle.values()))
+    transport.close()
+
+
+def test_a_connection_the_provider_closed_while_idle_is_replaced(server, sim):
+    transport = HttpTransport()
+    url, data = f"{server.url}/Mobyt/CREDITS", {"login": LOGIN, "password": PASSWORD}
+    transport.post(url, data, (1, 2))
+    idle = next(iter(transport._idle.values()))[0]
+    idle.sock.shutdown(socket.SHUT_RD)  # reads EOF from now on, as after the server's FIN
+    assert transport.post(url, data, (1, 2)).status == 200
+    assert sim.count("CREDITS") == 2
     transport.close()
 
 
@@ -378,22 +399,24 @@ def test_requests_go_through_the_proxy_the_environment_names(server, sim, monkey
 
 
 @pytest.fixture
-def tls_port(tmp_path):
-    """An HTTPS listener with a self-signed certificate (not trusted by the client)."""
-    import shutil
-    import ssl
-    import subprocess
-    import threading
-
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1: (certificate, key) paths."""
     if not shutil.which("openssl"):
         pytest.skip("openssl is not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
     )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_port(certificate):
+    """An HTTPS listener that only completes handshakes (its certificate is not trusted)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(*certificate)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -412,6 +435,84 @@ def tls_port(tmp_path):
     threading.Thread(target=accept, daemon=True).start()
     yield listener.getsockname()[1]
     listener.close()
+
+
+@pytest.fixture
+def tls_server(sim, certificate, monkeypatch):
+    """The simulator over HTTPS, its certificate trusted through SSL_CERT_FILE."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server = SimulatorServer(sim)
+    server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    yield server.start(), server.url.replace("http://", "https://")
+    server.stop()
+
+
+class ConnectProxy:
+    """A bare HTTPS proxy: answers CONNECT, then relays bytes both ways (it sees no plaintext)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += client.recv(4096)
+            self.requests.append(head)
+            host, port = head.split()[1].decode().rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _relay(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_https_with_a_trusted_certificate(tls_server, sim):
+    _, url = tls_server
+    with MobytClient(make_settings(url)) as client:
+        client.send_sms(send_request("TLS1"))
+        assert sorted(r.recipient for r in client.sms_status("TLS1")) == sorted(NUMBERS)
+    assert sim.billed_sends("TLS1") == 1
+
+
+def test_https_goes_through_a_connect_tunnel_with_proxy_credentials(tls_server, sim, monkeypatch):
+    _, url = tls_server
+    proxy = ConnectProxy()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://ops:p%40ss@127.0.0.1:{proxy.port}")
+    try:
+        with MobytClient(make_settings(url)) as client:
+            client.send_sms(send_request("TUNNEL1"))
+            client.credits()  # over the same tunnel: the connection is kept alive
+    finally:
+        proxy.close()
+    assert sim.billed_sends("TUNNEL1") == 1
+    assert len(proxy.requests) == 1
+    head = proxy.requests[0].decode()
+    assert head.startswith(f"CONNECT {urlsplit(url).netloc} ")
+    assert "Proxy-Authorization: Basic " + base64.b64encode(b"ops:p@ss").decode() in head
 
 
 def test_untrusted_certificate_is_a_connect_error(tls_port):
