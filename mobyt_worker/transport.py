@@ -20,6 +20,7 @@ import base64
 import http.client
 import os
 import select
+import socket
 import ssl
 import threading
 import urllib.request
@@ -31,7 +32,8 @@ import certifi
 
 from . import errors
 
-HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "mobyt-worker"}
+HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "mobyt-worker",
+           "Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,12 @@ def check_status(status: int, where: str) -> None:
 
 @dataclass(frozen=True)
 class Route:
-    """How to reach one URL: the socket to open, what to ask for, how to name it."""
+    """How to reach one URL: the socket to open, the request's head, how to name it."""
 
     where: str  # "POST host/path": errors and logs name a request this way, never more
     https: bool
     address: tuple[str, int]  # the provider, or the proxy in front of it
-    target: str  # the path, or the whole URL when an HTTP proxy forwards it
-    headers: dict[str, str] = field(default_factory=lambda: dict(HEADERS))
+    head: str  # request line and headers, up to the Content-Length value
     tunnel: tuple[str, int] | None = None  # the provider behind an HTTPS proxy (CONNECT)
     tunnel_headers: dict[str, str] = field(default_factory=dict)
 
@@ -80,14 +81,16 @@ def route_for(url: str) -> Route:
         port = parts.port
     except ValueError:
         port = -1
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or not url.isprintable() \
+            or " " in url:
         raise errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL")
     https = parts.scheme == "https"
     host, port = parts.hostname, port or (443 if https else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"Host": parts.netloc.rpartition("@")[2], **HEADERS}
     proxy = urllib.request.getproxies().get(parts.scheme)
     if not proxy or urllib.request.proxy_bypass(host):
-        return Route(where, https, (host, port), path)
+        return Route(where, https, (host, port), _head(path, headers))
     via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     auth = {}
     if via.username:
@@ -95,51 +98,57 @@ def route_for(url: str) -> Route:
         auth = {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
     address = (via.hostname or "", via.port or 80)
     if https:  # the proxy relays bytes only: TLS runs end to end with the provider
-        return Route(where, True, address, path, tunnel=(host, port), tunnel_headers=auth)
-    return Route(where, False, address, url, headers=HEADERS | auth)
+        return Route(where, True, address, _head(path, headers), tunnel=(host, port), tunnel_headers=auth)
+    return Route(where, False, address, _head(url, headers | auth))  # the proxy forwards the whole URL
+
+
+def _head(target: str, headers: Mapping[str, str]) -> str:
+    lines = [f"POST {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+    return "\r\n".join(lines) + "\r\nContent-Length: "
 
 
 class HttpTransport:
     """POSTs form bodies over keep-alive connections shared by all threads of a process.
 
-    Idle connections wait in a stack per route (at most ``pool_size`` each); one the
-    provider closed meanwhile is noticed before use and replaced. Nothing is retried or
-    redirected here: whether a request may be repeated is the client's decision. TLS is
-    verified against ``SSL_CERT_FILE`` when set, certifi's bundle otherwise. The pool is
-    emptied after a fork (prefork children must not share their parent's sockets).
+    The request, always one small form, is written in one piece; ``http.client`` reads
+    the answer. Idle sockets wait in a stack per route (at most ``pool_size`` each); one
+    the provider closed meanwhile is noticed before use and replaced. Nothing is retried
+    or redirected here: whether a request may be repeated is the client's decision. TLS
+    is verified against ``SSL_CERT_FILE`` when set, certifi's bundle otherwise. The pool
+    is emptied after a fork (prefork children must not share their parent's sockets).
     """
 
     def __init__(self, pool_size: int = 64) -> None:
         self._pool_size = pool_size
         self._lock = threading.Lock()
         self._routes: dict[str, Route] = {}
-        self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple, list[socket.socket]] = {}
         self._tls: ssl.SSLContext | None = None
         self._pid = os.getpid()
 
     def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
         route = self._routes.get(url) or self._routes.setdefault(url, route_for(url))
-        conn = self._checkout(route)
-        if conn is None:
-            conn = self._connect(route, timeout)
+        sock = self._checkout(route) or self._connect(route, timeout)
+        body = urlencode(data).encode()
         try:
-            conn.request("POST", route.target, body=urlencode(data), headers=route.headers)
-            answer = conn.getresponse()
-            body = answer.read()
+            sock.sendall(f"{route.head}{len(body)}\r\n\r\n".encode() + body)
+            answer = http.client.HTTPResponse(sock, method="POST")
+            answer.begin()
+            text = answer.read()
         except TimeoutError:
-            conn.close()
+            sock.close()
             raise errors.ProviderTimeout(f"{route.where}: no answer in time") from None
         except (OSError, http.client.HTTPException):
-            conn.close()
+            sock.close()
             raise errors.ProviderDisconnected(f"{route.where}: connection dropped after sending") from None
         if answer.will_close:
-            conn.close()
+            sock.close()
         else:
-            self._checkin(route, conn)
+            self._checkin(route, sock)
         check_status(answer.status, route.where)
-        return HttpResponse(answer.status, body.decode("utf-8", errors="replace"))  # the seed says UTF-8
+        return HttpResponse(answer.status, text.decode("utf-8", errors="replace"))  # the seed says UTF-8
 
-    def _connect(self, route: Route, timeout: tuple[float, float]) -> http.client.HTTPConnection:
+    def _connect(self, route: Route, timeout: tuple[float, float]) -> socket.socket:
         """A new connection, open and ready; a failure here means nothing was sent."""
         if route.https:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -149,7 +158,7 @@ class HttpTransport:
         if route.tunnel:
             conn.set_tunnel(*route.tunnel, headers=route.tunnel_headers)
         try:
-            conn.connect()
+            conn.connect()  # TCP, then the proxy's CONNECT and the TLS handshake when needed
         except ssl.SSLCertVerificationError:
             conn.close()
             raise errors.ProviderConnectError(f"{route.where}: TLS certificate refused") from None
@@ -159,15 +168,16 @@ class HttpTransport:
         except (OSError, http.client.HTTPException):  # refused, unresolvable, tunnel or handshake refused
             conn.close()
             raise errors.ProviderConnectError(f"{route.where}: cannot connect") from None
-        conn.sock.settimeout(timeout[1])  # from now on, the wait for each answer
-        return conn
+        sock = conn.sock
+        sock.settimeout(timeout[1])  # from now on, the wait for each answer
+        return sock
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
             self._tls = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
         return self._tls
 
-    def _checkout(self, route: Route) -> http.client.HTTPConnection | None:
+    def _checkout(self, route: Route) -> socket.socket | None:
         """An idle connection still open at the other end, or None."""
         while True:
             with self._lock:
@@ -176,31 +186,29 @@ class HttpTransport:
                 idle = self._idle.get(route.key)
                 if not idle:
                     return None
-                conn = idle.pop()
-            if not _closed_by_peer(conn):
-                return conn
-            conn.close()
+                sock = idle.pop()
+            if not _closed_by_peer(sock):
+                return sock
+            sock.close()
 
-    def _checkin(self, route: Route, conn: http.client.HTTPConnection) -> None:
+    def _checkin(self, route: Route, sock: socket.socket) -> None:
         with self._lock:
             idle = self._idle.setdefault(route.key, [])
             if self._pid == os.getpid() and len(idle) < self._pool_size:
-                idle.append(conn)
+                idle.append(sock)
                 return
-        conn.close()
+        sock.close()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, {}
             if self._pid == os.getpid():
-                for conn in (c for stack in idle.values() for c in stack):
-                    conn.close()
+                for sock in (s for stack in idle.values() for s in stack):
+                    sock.close()
 
 
-def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+def _closed_by_peer(sock: socket.socket) -> bool:
     """An idle keep-alive socket that is readable has been closed (or spoke out of turn)."""
-    if conn.sock is None:
-        return True
     poller = select.poll()
-    poller.register(conn.sock, select.POLLIN)
+    poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))

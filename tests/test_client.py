@@ -376,10 +376,18 @@ def test_a_connection_the_provider_closed_while_idle_is_replaced(server, sim):
     url, data = f"{server.url}/Mobyt/CREDITS", {"login": LOGIN, "password": PASSWORD}
     transport.post(url, data, (1, 2))
     idle = next(iter(transport._idle.values()))[0]
-    idle.sock.shutdown(socket.SHUT_RD)  # reads EOF from now on, as after the server's FIN
+    idle.shutdown(socket.SHUT_RD)  # reads EOF from now on, as after the server's FIN
     assert transport.post(url, data, (1, 2)).status == 200
     assert sim.count("CREDITS") == 2
     transport.close()
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "http:///x", "http://127.0.0.1:99999/x",
+                                 "http://127.0.0.1/a b", "http://127.0.0.1/a\r\nX-Injected: 1"])
+def test_an_unusable_url_is_a_config_error_before_any_connection(url):
+    with pytest.raises(errors.ConfigError) as info:
+        HttpTransport().post(url, {"login": LOGIN}, (1, 1))
+    assert info.value.variable == "MOBYT_BASE_URL"
 
 
 def test_requests_go_through_the_proxy_the_environment_names(server, sim, monkeypatch):
