@@ -1,9 +1,10 @@
 """The Mobyt client: one method per provider function, over a replaceable transport.
 
-The transport (:mod:`mobyt_worker.transport`) turns every failure into a typed error
-from :mod:`mobyt_worker.errors`, so the client, the tasks and the tests see our error
-hierarchy only. Credentials travel in the POST
-body, never in a URL, and no log line or error message ever carries the form data.
+The transport (:mod:`mobyt_worker.transport`) turns every failed exchange into a typed
+error from :mod:`mobyt_worker.errors`, and :func:`check_status` does the same for a
+non-2xx answer, so the client, the tasks and the tests see our error hierarchy only.
+Credentials travel in the POST body, never in a URL, and no log line or error message
+ever carries the form data.
 
 Retries: reads are retried on :class:`ProviderUnavailable` with jittered exponential
 backoff. SENDSMS is never retried here (a repeat is a second billed SMS: the caller
@@ -23,7 +24,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from . import errors, protocol
 from .protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, SendReceipt
 from .sms import validate_order_id
-from .transport import HttpTransport, Transport, check_status
+from .transport import HttpTransport, Transport
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -33,6 +34,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def check_status(status: int, where: str) -> None:
+    """Map a non-2xx HTTP status to a typed error (5xx transient, 3xx/4xx permanent)."""
+    if 200 <= status < 300:
+        return
+    if status >= 500:
+        raise errors.ProviderServerError(f"{where}: HTTP {status}", code=f"HTTP{status}")
+    why = "redirected (set MOBYT_BASE_URL to the final URL)" if 300 <= status < 400 else "refused"
+    raise errors.ProviderRejected(f"{where}: HTTP {status} {why}", code=f"HTTP{status}")
 
 
 class MobytClient:

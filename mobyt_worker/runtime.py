@@ -1,7 +1,7 @@
 """The per-process objects every entry point shares: settings, Redis, store, provider client.
 
 Workers, the web receiver and the CLI each build one :class:`Runtime` from their
-settings; the HTTP session and the Redis connection pool are created once per
+settings; the HTTP connection pool and the Redis connection pool are created once per
 process (never per task) and shared by all threads.
 """
 

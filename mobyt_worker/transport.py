@@ -1,7 +1,7 @@
 """One HTTP exchange with the provider, and the one place where its failures get a type.
 
-The client above sees :class:`HttpResponse` or an error from :mod:`mobyt_worker.errors`,
-never a library exception. Every provider call is the same small thing: one form POST
+The client above sees :class:`HttpResponse` (whatever its status: the client judges
+that) or an error from :mod:`mobyt_worker.errors`, never a library exception. Every provider call is the same small thing: one form POST
 to one host, answered with one short body. :class:`HttpTransport` does exactly that
 with the standard library's ``http.client`` over a small pool of keep-alive
 connections: ``requests``, and urllib3 under it, spent more CPU per call than the
@@ -44,16 +44,6 @@ class HttpResponse:
 
 class Transport(Protocol):
     def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse: ...
-
-
-def check_status(status: int, where: str) -> None:
-    """Map a non-2xx HTTP status to a typed error (5xx transient, 3xx/4xx permanent)."""
-    if 200 <= status < 300:
-        return
-    if status >= 500:
-        raise errors.ProviderServerError(f"{where}: HTTP {status}", code=f"HTTP{status}")
-    why = "redirected (set MOBYT_BASE_URL to the final URL)" if 300 <= status < 400 else "refused"
-    raise errors.ProviderRejected(f"{where}: HTTP {status} {why}", code=f"HTTP{status}")
 
 
 @dataclass(frozen=True)
@@ -145,7 +135,6 @@ class HttpTransport:
             sock.close()
         else:
             self._checkin(route, sock)
-        check_status(answer.status, route.where)
         return HttpResponse(answer.status, text.decode("utf-8", errors="replace"))  # the seed says UTF-8
 
     def _connect(self, route: Route, timeout: tuple[float, float]) -> socket.socket:
