@@ -80,6 +80,7 @@ class Settings:
     non_gsm: str = "transliterate"
     webhook_token: Secret = field(default_factory=lambda: Secret(""))
     worker_concurrency: int = 64
+    worker_cpu: str = "off"
     visibility_timeout: int = 600
     task_time_limit: int = 300
     bulk_chunk_size: int = 500
@@ -158,6 +159,7 @@ class Settings:
             non_gsm=get("MOBYT_NON_GSM", _choice("transliterate", "reject"), d.non_gsm),
             webhook_token=Secret(env.get("MOBYT_WEBHOOK_TOKEN", "")),
             worker_concurrency=get("MOBYT_WORKER_CONCURRENCY", _positive(int), d.worker_concurrency),
+            worker_cpu=get("MOBYT_WORKER_CPU", _worker_cpu, d.worker_cpu),
             visibility_timeout=get("MOBYT_VISIBILITY_TIMEOUT", _positive(int), d.visibility_timeout),
             task_time_limit=get("MOBYT_TASK_TIME_LIMIT", _positive(int), d.task_time_limit),
             bulk_chunk_size=get("MOBYT_BULK_CHUNK_SIZE", _positive(int), d.bulk_chunk_size),
@@ -218,6 +220,16 @@ def _choice(*allowed: str) -> Callable[[str], str]:
         raise ValueError(f"must be one of {', '.join(allowed)}")
 
     return convert
+
+
+def _worker_cpu(raw: str) -> str:
+    """``off``, ``auto`` or the number of a CPU this process may run on (see affinity.py)."""
+    if raw.lower() in ("off", "auto"):
+        return raw.lower()
+    allowed = sorted(os.sched_getaffinity(0))
+    if not raw.isdigit() or int(raw) not in allowed:
+        raise ValueError(f"must be off, auto or one of the CPUs this process may use ({allowed})")
+    return str(int(raw))
 
 
 def _intervals(raw: str) -> tuple[float, ...]:
