@@ -23,15 +23,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import IO
 
 log = logging.getLogger(__name__)
 
 #: MOBYT_WORKER_CPU values besides a CPU number.
 OFF, AUTO = "off", "auto"
 
-#: The lock file of the CPU this process took with ``auto``; open for the process's life.
-_held: IO[bytes] | None = None
+#: (CPU, locked file descriptor) this process took with ``auto``; open for the process's life.
+_held: tuple[int, int] | None = None
 
 
 def allowed_cpus() -> list[int]:
@@ -61,15 +60,18 @@ def pin_process(choice: str, *, lock_dir: str | None = None) -> int | None:
 def _take_free_cpu(cpus: list[int], lock_dir: Path) -> int | None:
     global _held
     if _held is not None:  # already took one (a second call in the same process)
-        return int(Path(_held.name).stem.rsplit("-", 1)[1])
+        return _held[0]
     for cpu in cpus:
-        handle = open(lock_dir / f"mobyt-worker-cpu-{cpu}.lock", "ab")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        try:  # read-only is enough for flock, and opens another user's file in a shared /tmp
+            fd = os.open(lock_dir / f"mobyt-worker-cpu-{cpu}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:  # a file we may not open: count that CPU as taken
             continue
-        _held = handle
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held = (cpu, fd)
         return cpu
     return None
 
