@@ -28,8 +28,9 @@ demo: install redis-server
 test: install-test
 	$(BIN)/pytest
 
-# Figures of the README's performance section (about 4 minutes; redis-server as for the tests)
+# Figures of the README's performance section (about 5 minutes; redis-server as for the tests)
 bench: install-test
 	$(BIN)/python bench/pipeline_throughput.py
+	$(BIN)/python bench/send_steps.py
 	$(BIN)/python bench/tracking_scale.py
 	$(BIN)/python bench/rate_limit.py
