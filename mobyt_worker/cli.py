@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Callable, Sequence
 
 from . import errors
@@ -251,11 +251,27 @@ def _range_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--to", dest="date_to", metavar="ISO", required=required, help="end (ISO-8601)")
 
 
+def _history_arguments(p: argparse.ArgumentParser) -> None:
+    _range_arguments(p)
+    p.add_argument("--window", type=float, default=24.0, metavar="HOURS",
+                   help="one SMSHISTORY request per HOURS of the period (24); progress on stderr")
+
+
 def cmd_history(args: argparse.Namespace) -> int:
+    """SMSHISTORY one window at a time, with progress where stderr is a terminal."""
     settings = _settings()
     start, end = _when(args.date_from, "from", settings), _when(args.date_to, "to", settings)
+    if not args.window > 0:
+        raise errors.InvalidInput("window", "must be a positive number of hours")
+    show = sys.stderr.isatty()
+    rows: list[Any] = []
     with _client(settings) as client:
-        rows = client.sms_history(start, end)
+        for done, windows, found in client.sms_history_windows(start, end, timedelta(hours=args.window)):
+            rows += found
+            if show:
+                print(f"\rSMSHISTORY {done}/{windows} windows, {len(rows)} orders", end="", file=sys.stderr, flush=True)
+    if show:
+        print(file=sys.stderr)
     human = table(["order_id", "created_at", "type", "sender", "recipients", "scheduled_at"],
                   [dataclasses.astuple(r) for r in rows])
     return emit(args, rows, human)
@@ -512,7 +528,7 @@ COMMANDS: dict[str, Command] = {
                        _enqueue_arguments, cmd_enqueue),
     "status": Command("delivery status of an order (SMSSTATUS)", _order_arguments, cmd_status),
     "cancel": Command("cancel a scheduled order (REMOVE_DELAYED)", _order_arguments, cmd_cancel),
-    "history": Command("orders sent between two dates (SMSHISTORY)", _range_arguments, cmd_history),
+    "history": Command("orders sent between two dates (SMSHISTORY)", _history_arguments, cmd_history),
     "credits": Command("the credit balance stored in Redis; --refresh or --live ask the provider (CREDITS)",
                        _credits_arguments, cmd_credits),
     "inbox": Command("received SMS (SRHISTORYBYID, SRNEWMESSAGES or SRHISTORY), or --stored", _inbox_arguments, cmd_inbox),

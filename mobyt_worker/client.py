@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
-from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: One SMSHISTORY request per day of a longer period (see MobytClient.sms_history_windows).
+HISTORY_WINDOW = timedelta(days=1)
 
 
 def check_status(status: int, where: str) -> None:
@@ -109,6 +113,32 @@ class MobytClient:
     def sms_history(self, date_from: datetime, date_to: datetime) -> list[HistoryRow]:
         params = dict(zip(("from", "to"), self._dates(date_from, date_to)))
         return self._call("SMSHISTORY", params, self._tz(protocol.decode_history), self._retry_reads)
+
+    def sms_history_windows(self, date_from: datetime, date_to: datetime,
+                            window: timedelta = HISTORY_WINDOW) -> Iterator[tuple[int, int, list[HistoryRow]]]:
+        """SMSHISTORY over a long period, one request per ``window``: yields (windows done,
+        windows in all, that window's rows), so a caller can show progress and no single
+        answer grows with the period. Adjacent windows share their boundary second (the
+        seed does not say whether ``to`` is inclusive); a row the previous window already
+        returned for that second is not returned twice."""
+        self._dates(date_from, date_to)  # validated before any request
+        if window <= timedelta(0):
+            raise errors.InvalidInput("window", "must be positive")
+        bounds = [date_from]
+        while bounds[-1] + window < date_to:
+            bounds.append(bounds[-1] + window)
+        bounds.append(date_to)
+        boundary: Counter[HistoryRow] = Counter()  # rows of the last window created in its final second
+        for index, (start, end) in enumerate(zip(bounds, bounds[1:]), 1):
+            rows = []
+            for row in self.sms_history(start, end):
+                if boundary[row]:
+                    boundary[row] -= 1
+                else:
+                    rows.append(row)
+            last_second = end.replace(microsecond=0)
+            boundary = Counter(r for r in rows if r.created_at is not None and r.created_at >= last_second)
+            yield index, len(bounds) - 1, rows
 
     def credits(self) -> list[CreditRow]:
         return self._call("CREDITS", {}, protocol.decode_credits, self._retry_reads)

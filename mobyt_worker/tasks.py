@@ -305,11 +305,18 @@ def cancel(order_id: str) -> dict[str, Any]:
     return rt.store.require_order(order_id).to_dict()
 
 
-@app.task(name="mobyt.sms_history", throws=EXPECTED)
-def sms_history(date_from: str, date_to: str) -> list[dict[str, Any]]:
-    """SMSHISTORY between two ISO-8601 instants (with offsets)."""
+@app.task(name="mobyt.sms_history", bind=True, throws=EXPECTED)
+def sms_history(self: Task, date_from: str, date_to: str) -> list[dict[str, Any]]:
+    """SMSHISTORY between two ISO-8601 instants (with offsets), one request per day of the
+    period. Over more than a day, the task's state is PROGRESS while it runs, with
+    ``{"windows_done", "windows", "orders"}`` as its info."""
     start, end = parse_period(date_from, date_to)
-    return [_jsonable(row) for row in _runtime().client.sms_history(start, end)]
+    rows: list[Any] = []
+    for done, windows, found in _runtime().client.sms_history_windows(start, end):
+        rows += found
+        if windows > 1 and done < windows and self.request.id:
+            self.update_state(state="PROGRESS", meta={"windows_done": done, "windows": windows, "orders": len(rows)})
+    return [_jsonable(row) for row in rows]
 
 
 def parse_period(date_from: str, date_to: str) -> tuple[datetime, datetime]:

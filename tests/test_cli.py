@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import subprocess
+import sys
 from datetime import datetime, timedelta
 
 import pytest
@@ -195,6 +200,42 @@ def test_credits_history_inbox(capsys, sim):
     code, out, _ = run(capsys, "inbox", "--new", "--json")
     assert code == 0 and [m["id"] for m in json.loads(out)] == [msg["id"]]
     assert sim.count("SRNEWMESSAGES") == 1
+
+
+def test_history_over_days_shows_progress_on_a_terminal(sim, tmp_path):
+    """The real command with its stderr on a pseudo-terminal, as an operator runs it."""
+    assert cli.main(send_args("--order-id", "H2")) == 0
+    day = datetime.now().astimezone()
+    argv = [sys.executable, "-m", "mobyt_worker", "history", "--window", "24", "--json",
+            "--from", (day - timedelta(days=2, hours=12)).isoformat(), "--to", (day + timedelta(hours=1)).isoformat()]
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=follower, timeout=60, cwd=tmp_path)
+        os.close(follower)
+        shown = b""
+        while select.select([leader], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 0
+    assert [row["order_id"] for row in json.loads(done.stdout)] == ["H2"]
+    assert sim.count("SMSHISTORY") == 3  # 2.5 days + 1 hour in windows of 24 h
+    progress = shown.decode().replace("\r\n", "\n").split("\r")
+    assert [p.strip() for p in progress if p.strip()] == [
+        "SMSHISTORY 1/3 windows, 0 orders", "SMSHISTORY 2/3 windows, 0 orders", "SMSHISTORY 3/3 windows, 1 orders"]
+
+
+def test_history_without_a_terminal_prints_no_progress(capsys, sim):
+    day = datetime.now().astimezone()
+    code, out, err = run(capsys, "history", "--window", "1", "--from", (day - timedelta(hours=3)).isoformat(),
+                         "--to", day.isoformat())
+    assert code == 0 and err == "" and sim.count("SMSHISTORY") == 3
 
 
 def test_help_documents_exit_codes(capsys):

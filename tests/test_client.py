@@ -125,6 +125,42 @@ def test_sms_history(client):
     assert row.created_at is not None and row.created_at.tzinfo is not None
 
 
+def test_sms_history_over_days_asks_one_window_at_a_time_and_returns_each_order_once():
+    """Orders 3 days apart, one exactly on a window boundary: each comes back once, from
+    one SMSHISTORY request per day, with progress after each."""
+    start = datetime(2026, 3, 2, 0, 0, tzinfo=PARIS)
+    now = [start.timestamp()]
+    sim = ProviderSimulator(login=LOGIN, password=PASSWORD, clock=lambda: now[0])
+    server = SimulatorServer(sim).start()
+    try:
+        with make_client(server.url) as client:
+            sent = {"DAY0": 3600, "EDGE": 86400, "EDGE2": 86400.5, "DAY2": 2 * 86400 + 60, "LATE": 4 * 86400}
+            for order_id, offset in sent.items():
+                now[0] = start.timestamp() + offset
+                client.send_sms(send_request(order_id))
+            steps = list(client.sms_history_windows(start, start + timedelta(days=3), timedelta(days=1)))
+    finally:
+        server.stop()
+        sim.close()
+    assert [(done, total) for done, total, _ in steps] == [(1, 3), (2, 3), (3, 3)]
+    got = [row.order_id for _, _, rows in steps for row in rows]
+    assert sorted(got) == ["DAY0", "DAY2", "EDGE", "EDGE2"]  # LATE is after the period
+    assert len(sim.requests("SMSHISTORY")) == 3
+    # EDGE and EDGE2 fall in the second that ends day 1 and starts day 2: asked twice, kept once
+    assert [len(rows) for _, _, rows in steps] == [3, 0, 1]
+
+
+def test_sms_history_windows_refuse_bad_bounds_before_any_request(client, sim):
+    now = datetime.now(PARIS)
+    with pytest.raises(errors.InvalidInput) as info:
+        list(client.sms_history_windows(now, now - timedelta(days=1)))
+    assert info.value.field == "date_to"
+    with pytest.raises(errors.InvalidInput) as info:
+        list(client.sms_history_windows(now - timedelta(days=1), now, timedelta(0)))
+    assert info.value.field == "window"
+    assert sim.requests("SMSHISTORY") == []
+
+
 def test_credits(client):
     rows = client.credits()
     assert rows and all(isinstance(r, CreditRow) for r in rows)

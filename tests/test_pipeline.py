@@ -355,3 +355,24 @@ def test_a_send_that_exhausts_its_retries_is_settled_by_the_poller(redis_url, si
                       what="the poller to settle the order")
     assert "nothing was billed" in (record.error or "")
     assert simulator.billed_sends() == 0
+
+
+def test_sms_history_over_days_reports_progress_then_every_order_once(redis_url, simulator, start_process):
+    start_process("worker")
+    client = bare_client(redis_url)
+    order_id = enqueue(client, recipients=[DLVRD_NUMBER], message="Historique", sender="ACME").get(timeout=20)["order_id"]
+    simulator.set_latency(0.4)  # each window takes a while: the progress can be seen
+    now = datetime.now(timezone.utc)
+    result = call(client, "mobyt.sms_history", date_from=(now - timedelta(days=2, hours=12)).isoformat(),
+                  date_to=(now + timedelta(hours=1)).isoformat())
+    seen = []
+    deadline = time.monotonic() + 20
+    while not result.ready() and time.monotonic() < deadline:
+        if result.state == "PROGRESS":
+            seen.append(result.info)
+        time.sleep(0.05)
+    rows = result.get(timeout=5)
+    assert [row["order_id"] for row in rows] == [order_id]
+    assert simulator.count("SMSHISTORY") == 3  # one request per day of the period
+    assert seen and {"windows_done", "windows", "orders"} == set(seen[-1]) and seen[-1]["windows"] == 3
+    assert {info["windows_done"] for info in seen} <= {1, 2}
