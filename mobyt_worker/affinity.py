@@ -11,6 +11,8 @@ it may use whose lock file (``mobyt-worker-cpu-N.lock`` in the temporary directo
 other process holds, and holds that ``flock`` for its whole life. The kernel drops the
 lock however the process ends (SIGKILL included), so a replacement worker gets the CPU
 back. With every CPU taken, the worker stays unpinned rather than doubling up on a core.
+A worker already confined to one CPU (``taskset``, or Celery's restart by exec, which
+keeps the mask) takes that CPU's lock, so the next worker looks elsewhere.
 
 Containers that share a host's CPUs without a cpuset each see their own temporary
 directory and would all take the same first CPU: leave pinning ``off`` there (the default).
@@ -38,15 +40,13 @@ def allowed_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def pin_process(choice: str, *, lock_dir: str | None = None) -> int | None:
+def pin_process(choice: str) -> int | None:
     """Apply ``MOBYT_WORKER_CPU`` to this process; returns the CPU it is pinned to, if any."""
     if choice == OFF:
         return None
     cpus = allowed_cpus()
     if choice == AUTO:
-        if len(cpus) < 2:
-            return None
-        cpu = _take_free_cpu(cpus, Path(lock_dir or tempfile.gettempdir()))
+        cpu = _take_free_cpu(cpus, Path(tempfile.gettempdir()))
         if cpu is None:
             log.warning("MOBYT_WORKER_CPU=auto: CPUs %s are all taken by other workers; not pinned", cpus)
             return None

@@ -16,6 +16,7 @@ import pytest
 from mobyt_worker.affinity import pin_process
 
 from .producer import bare_client, call
+from .support import CeleryProcess
 
 CPUS = sorted(os.sched_getaffinity(0))
 needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="pinning needs at least two CPUs to be visible")
@@ -104,3 +105,19 @@ def test_off_pins_nothing_in_this_process():
     assert pin_process("off") is None
     assert os.sched_getaffinity(0) == before
 
+
+
+@needs_two_cpus
+def test_auto_in_a_worker_already_confined_to_one_cpu_keeps_others_off_it(worker_env, start_process, lock_dir):
+    """A worker started under ``taskset`` (or re-executed by a restart, which keeps the mask)
+    holds the lock of its one CPU, so the next ``auto`` worker takes another."""
+    env = {**worker_env, "MOBYT_WORKER_CPU": "auto", **lock_dir}
+    confined = CeleryProcess("worker", env, name="confined")
+    confined.args = ["taskset", "-c", str(CPUS[0]), *confined.args]
+    try:
+        confined.start()
+        assert pinned_cpu(confined.proc.pid) == CPUS[0]
+        other = start_process("worker", name="w2", env=env)
+        assert pinned_cpu(other.proc.pid) == CPUS[1]
+    finally:
+        confined.stop()
