@@ -174,6 +174,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
 def wait_drained(client: redis.Redis, worker: Worker, timeout: float) -> None:
     """Until the queue is empty and nothing is unacked (acks_late: acked once the result is stored)."""
     def drained() -> bool:

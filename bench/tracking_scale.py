@@ -9,7 +9,7 @@
    the simulator (recipients that stay WAIT4DLVR, short poll intervals, so polls never
    stop) next to the N not yet due; the worker's RSS is sampled while it polls.
 
-    .venv/bin/python bench/tracking_scale.py [--orders 100000] [--watch 40]
+    .venv/bin/python bench/tracking_scale.py [--orders 100000] [--watch 90]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import statistics
 import time
 from multiprocessing import Pool
 
-from harness import Stack, machine, rss_mb, wait_for, worker_env
+from harness import Stack, machine, rss_mb, thread_count, wait_for, worker_env
 from pipeline_throughput import enqueue
 
 from mobyt_worker.store import OrderStore, connect
@@ -66,7 +66,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=100_000, help="outstanding orders (default 100000)")
     parser.add_argument("--batch", type=int, default=500, help="poll batch, MOBYT_POLL_BATCH (default 500)")
-    parser.add_argument("--watch", type=float, default=40.0, help="seconds of worker RSS sampling (default 40)")
+    parser.add_argument("--watch", type=float, default=90.0, help="seconds of worker RSS sampling (default 90)")
     args = parser.parse_args()
     print(machine())
     with Stack() as stack:
@@ -113,10 +113,11 @@ def main() -> int:
         wait_for(lambda: store.due_count() >= args.orders + followed, timeout=120, interval=0.5,
                  what="the followed orders to be accepted")
         time.sleep(3)  # polling under way
-        polls0, samples = sim.stats()["counts"].get("SMSSTATUS", 0), []
+        polls0, samples, threads = sim.stats()["counts"].get("SMSSTATUS", 0), [], []
         t0 = time.monotonic()
         while time.monotonic() - t0 < args.watch:
             samples.append(rss_mb(worker.pid))
+            threads.append(thread_count(worker.pid))
             time.sleep(1)
         polls = sim.stats()["counts"].get("SMSSTATUS", 0) - polls0
         client.close()
@@ -125,6 +126,8 @@ def main() -> int:
           f"({polls} SMSSTATUS polls, {polls / args.watch:.0f}/s): {samples[0]:.1f} MiB at the start, "
           f"{samples[-1]:.1f} at the end, {half[-1] - half[0]:+.1f} MiB over the second half")
     print("  RSS every 5 s (MiB): " + " ".join(f"{mb:.1f}" for mb in samples[::5]))
+    print("  threads every 5 s:   " + " ".join(f"{n:4d}" for n in threads[::5])
+          + "   (the pool starts a thread when a burst finds none idle; each new one adds its stack and arena)")
     return 0
 
 
