@@ -13,6 +13,7 @@ from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .affinity import AUTO, OFF, allowed_cpus
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -80,7 +81,7 @@ class Settings:
     non_gsm: str = "transliterate"
     webhook_token: Secret = field(default_factory=lambda: Secret(""))
     worker_concurrency: int = 64
-    worker_cpu: str = "off"
+    worker_cpu: str = OFF
     visibility_timeout: int = 600
     task_time_limit: int = 300
     bulk_chunk_size: int = 500
@@ -224,9 +225,9 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 def _worker_cpu(raw: str) -> str:
     """``off``, ``auto`` or the number of a CPU this process may run on (see affinity.py)."""
-    if raw.lower() in ("off", "auto"):
+    if raw.lower() in (OFF, AUTO):
         return raw.lower()
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = allowed_cpus()
     if not raw.isdigit() or int(raw) not in allowed:
         raise ValueError(f"must be off, auto or one of the CPUs this process may use ({allowed})")
     return str(int(raw))
