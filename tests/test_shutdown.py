@@ -3,14 +3,18 @@ at once (not after the visibility timeout), and no send is billed twice."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import redis
 
 from mobyt_worker.producer import connect, send_sms
 
-from .support import wait_for
+from .support import ROOT, wait_for
 
 #: Far longer than the test: a message seen in the queue came back by the shutdown, not by expiry.
 SHUTDOWN_ENV = {"MOBYT_VISIBILITY_TIMEOUT": "600", "MOBYT_READ_TIMEOUT": "30"}
@@ -50,3 +54,20 @@ def test_sigterm_hands_held_messages_back_to_the_queue_at_once(start_process, re
 
     assert r.hlen("unacked") == 0 and r.llen("mobyt") == 1
     assert result.id in r.lindex("mobyt", 0).decode()
+
+
+def test_the_procfile_worker_logs_each_order_at_info(worker_env, simulator, redis_url, tmp_path):
+    line = next(l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("worker:"))
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", "-c", "exec " + line.split(":", 1)[1].strip()], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **worker_env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    try:
+        wait_for(lambda: "ready." in log.read_text(), timeout=30, what="the Procfile's worker")
+        sent = send_sms(connect(redis_url), "+33612345671", "hi", sender="ACME")
+        assert sent.result.get(timeout=20)["status"] == "accepted"
+        wait_for(lambda: f"order_id={sent.order_id}" in log.read_text(), what="a per-order INFO line")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
