@@ -1,4 +1,5 @@
-"""The ``mobyt`` command: call the provider directly, or run the built-in simulator.
+"""The ``mobyt`` command: send and cancel through the workers, read what they track in
+Redis, call the provider directly (``--direct``, status, history...), or run the simulator.
 
 Every subcommand is one small function registered in :data:`COMMANDS` (name, help,
 arguments, run); add a subcommand by adding a row. Output is aligned columns for
@@ -11,9 +12,9 @@ Exit codes:
   1  anything else
   2  bad input: an invalid argument (named), a configuration error, a usage error
   3  the provider refused the request (KO|code|message, HTTP 4xx)
-  4  transient failure (timeout, connection, HTTP 5xx, unreadable answer, no worker
-     answer in time): try again;
-     after send, the SMS may have gone out: check with `mobyt status ORDER_ID`
+  4  transient failure (timeout, connection, HTTP 5xx, unreadable answer, Redis not
+     answering, no worker answer in time): try again with the same --order-id;
+     after send --direct, the SMS may have gone out: check with `mobyt status ORDER_ID`
 
 Errors are one line on stderr (a JSON object with ``--json``), never a traceback for
 known errors, never the password.
@@ -32,14 +33,24 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import redis
+from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from . import errors
 from .client import MobytClient
 from .config import Settings
 from .runtime import Runtime
 from .sms import SendRequest, build_send_request, normalize_recipient, validate_order_id
-from .store import STATES, OrderRecord
+from .store import STATES, OrderRecord, parse_sentinel_url
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.result import AsyncResult
 
 #: The exit-code table of this docstring, shown by every ``--help``.
 EPILOG = __doc__[__doc__.index("Exit codes:") : __doc__.index("\n\nErrors are")] if __doc__ else ""
@@ -148,9 +159,10 @@ def _send_request(args: argparse.Namespace, settings: Settings) -> SendRequest:
     )
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    """SENDSMS, once. The order id is fixed before the request so an unclear outcome
-    can be checked with ``mobyt status`` instead of sending again."""
+def _send_direct(args: argparse.Namespace) -> int:
+    """SENDSMS, once, around the workers: no opt-out check, no record, no exactly-once
+    across runs. The order id is fixed before the request so an unclear outcome can be
+    checked with ``mobyt status`` instead of sending again."""
     settings = _settings()
     request = _send_request(args, settings)
     with _client(settings) as client:
@@ -169,17 +181,69 @@ def cmd_send(args: argparse.Namespace) -> int:
         "credits": receipt.count if request.return_credits else None,
         "accepted_recipients": None if request.return_credits else receipt.count,
         "parts": request.length.parts,
+        "tracked": False,
     }
     counted = ("credits", receipt.count) if request.return_credits else ("recipients", receipt.count)
     human = table(["order_id", "status", counted[0], "scheduled_at"],
                   [[receipt.order_id, data["status"], counted[1], request.scheduled_at]])
-    return emit(args, data, human)
+    return emit(args, data, human + UNTRACKED)
+
+
+#: Said after every direct call: the workers know nothing of it.
+UNTRACKED = "\n\nuntracked: sent directly, not through the workers (no opt-out check, no record in Redis)"
+
+
+def _timeout_arguments(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument("--timeout", type=float, default=default, metavar="S",
+                   help=f"give up waiting for the workers after S seconds ({default:.0f})")
+
+
+def _direct_or_workers(p: argparse.ArgumentParser, direct_help: str) -> None:
+    """``--direct`` (call the provider from here) or the workers, answering within ``--timeout``."""
+    p.add_argument("--direct", action="store_true", help=direct_help)
+    _timeout_arguments(p, 60.0)
+
+
+def _send_command_arguments(p: argparse.ArgumentParser) -> None:
+    _send_arguments(p)
+    _direct_or_workers(p, "call SENDSMS from here, around the workers: untracked, no opt-out check")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """``mobyt.send_sms`` through the workers, waiting for its answer; ``--direct`` calls
+    the provider from here instead."""
+    if args.direct:
+        return _send_direct(args)
+    settings = _settings()
+    reply = _through_workers(settings, _send_request(args, settings), args)
+    return emit(args, reply, _reply_table(reply))
 
 
 def _enqueue_arguments(p: argparse.ArgumentParser) -> None:
     _send_arguments(p)
     p.add_argument("--wait", action="store_true", help="follow the order(s) until every recipient is final")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up waiting after S seconds (300)")
+    _timeout_arguments(p, 300.0)
+
+
+def _through_workers(settings: Settings, request: SendRequest, args: argparse.Namespace) -> dict[str, Any]:
+    """Enqueue the validated send and wait for the workers' answer. Without one in time the
+    message stays queued under its order id: only a retry with that id is safe."""
+    from .producer import send_sms  # noqa: PLC0415 - only these commands need Celery
+
+    oid = request.order_id
+    sent = send_sms(_workers(settings), request.recipients, args.message, sender=request.sender,
+                    message_type=request.message_type, scheduled_at=args.at, order_id=oid,
+                    return_credits=request.return_credits)
+    return _answer(sent.result, args.timeout,
+                   f"order {oid} is queued but no worker answered within {args.timeout:g} s; "
+                   f"to retry, reuse the id (--order-id {oid}), never a new one")
+
+
+def _reply_table(reply: dict[str, Any]) -> str:
+    count = reply["recipients"]
+    return table(["order_id", "status", "recipients", "credits", "orders"],
+                 [[reply["order_id"], reply["status"], len(count) if isinstance(count, list) else count,
+                   reply["credits"], len(reply.get("orders") or [reply["order_id"]])]])
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -187,17 +251,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     into chunks when large. ``--wait`` follows it to the end, with progress on stderr."""
     settings = _settings()
     request = _send_request(args, settings)  # refuse bad input before anything is queued
-    from .producer import send_sms  # noqa: PLC0415 - only this command needs Celery
-    from .worker import create_app  # noqa: PLC0415
-
-    reply = send_sms(create_app(settings), request.recipients, args.message, sender=request.sender,
-                     message_type=request.message_type, scheduled_at=args.at, order_id=request.order_id,
-                     return_credits=request.return_credits).result.get(timeout=args.timeout)
+    reply = _through_workers(settings, request, args)
     if args.wait:
         reply["final"] = _follow(reply.get("orders") or [reply["order_id"]], len(request.recipients), args.timeout)
-    human = table(["order_id", "status", "recipients", "credits", "orders"],
-                  [[reply["order_id"], reply["status"], len(reply["recipients"]) if isinstance(reply["recipients"], list)
-                    else reply["recipients"], reply["credits"], len(reply.get("orders") or [reply["order_id"]])]])
+    human = _reply_table(reply)
     if args.wait:
         human += "\n\n" + _orders_table([r for r in reply["final"]], _painter())
         reply["final"] = [r.to_dict() for r in reply["final"]]
@@ -239,10 +296,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return emit(args, data, human)
 
 
+def _cancel_arguments(p: argparse.ArgumentParser) -> None:
+    _order_arguments(p)
+    _direct_or_workers(p, "call REMOVE_DELAYED from here, for an order the workers do not track")
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _client() as client:
-        client.remove_delayed(args.order_id)
-    return emit(args, {"order_id": args.order_id, "cancelled": True}, f"cancelled {args.order_id}")
+    """``mobyt.cancel`` through the workers, so the order's record says ``cancelled``."""
+    order_id = _order_id(args.order_id)
+    if args.direct:
+        with _client() as client:
+            client.remove_delayed(order_id)
+        return emit(args, {"order_id": order_id, "cancelled": True, "tracked": False},
+                    f"cancelled {order_id}" + UNTRACKED.replace("sent", "cancelled"))
+    from .worker import QUEUE  # noqa: PLC0415 - only the commands that enqueue need Celery
+
+    pending = _workers(_settings()).send_task("mobyt.cancel", kwargs={"order_id": order_id}, queue=QUEUE)
+    record = _answer(pending, args.timeout, f"cancel of {order_id} is queued but no worker answered "
+                                            f"within {args.timeout:g} s; see `mobyt order {order_id}`")
+    return emit(args, record, f"{order_id} {record['state']}")
 
 
 def _range_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -343,7 +415,53 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 
 def _runtime() -> Runtime:
-    return Runtime(_settings())
+    settings = _settings()
+    _check_redis(settings)
+    return Runtime(settings)
+
+
+def _check_redis(settings: Settings) -> None:
+    """One ping with short timeouts and no retry, so that a Redis that does not answer
+    is a transient error (exit 4) within seconds, not after the workers' long retries."""
+    if settings.redis_url.startswith("sentinel://"):
+        hosts, db, password = parse_sentinel_url(settings.redis_url)
+        client = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 2, "password": password}).master_for(
+            settings.sentinel_master, db=db, password=password, **QUICK_REDIS)
+        where = f"sentinels of {settings.sentinel_master}"
+    else:
+        client = redis.Redis.from_url(settings.redis_url, **QUICK_REDIS)
+        kwargs = client.connection_pool.connection_kwargs
+        where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise redis.ConnectionError(f"Redis at {where} does not answer ({type(exc).__name__})") from None
+    finally:
+        client.close()
+
+
+#: Client options of that ping.
+QUICK_REDIS: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2, "retry": Retry(NoBackoff(), 0)}
+
+
+def _workers(settings: Settings) -> Celery:
+    """The Celery app the workers read, once Redis is known to answer."""
+    _check_redis(settings)
+    from .worker import create_app  # noqa: PLC0415 - only the commands that enqueue need Celery
+
+    return create_app(settings)
+
+
+def _answer(pending: AsyncResult, timeout: float, unanswered: str) -> Any:
+    """The task's result (its error raised as ours); ``unanswered`` says what to do if none came."""
+    from celery.exceptions import TimeoutError as NoAnswer  # noqa: PLC0415
+
+    try:
+        return pending.get(timeout=timeout)
+    except NoAnswer:
+        raise TimeoutError(unanswered) from None
+    finally:
+        pending.backend.remove_pending_result(pending)  # not left to a __del__ at exit
 
 
 def _stored_credits(args: argparse.Namespace) -> int:
@@ -446,6 +564,8 @@ def cmd_order(args: argparse.Namespace) -> int:
     rt = _runtime()
     try:
         record = rt.store.get_order(_order_id(args.order_id))
+        if record is None and rt.store.batch_orders(args.order_id):  # what a bulk send answered with
+            return _show_batch(args, rt, args.order_id)
     finally:
         rt.close()
     if record is None:
@@ -498,11 +618,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """The orders of a bulk send, one per chunk, and their totals."""
     rt = _runtime()
     try:
-        batch_id = _order_id(args.batch_id, "batch_id")
-        records = [r for r in (rt.store.get_order(oid, with_history=False) for oid in rt.store.batch_orders(batch_id))
-                   if r is not None]
+        return _show_batch(args, rt, _order_id(args.batch_id, "batch_id"))
     finally:
         rt.close()
+
+
+def _show_batch(args: argparse.Namespace, rt: Runtime, batch_id: str) -> int:
+    records = [r for r in (rt.store.get_order(oid, with_history=False) for oid in rt.store.batch_orders(batch_id))
+               if r is not None]
     if not records:
         raise errors.OrderNotFound(batch_id)
     states = Counter(r.state for r in records)
@@ -523,17 +646,19 @@ def _demo() -> int:
 
 #: The subcommands, in ``--help`` order. Add a row to add a subcommand.
 COMMANDS: dict[str, Command] = {
-    "send": Command("send an SMS now (SENDSMS)", _send_arguments, cmd_send),
+    "send": Command("send an SMS through the workers and wait for their answer; --direct: untracked SENDSMS",
+                    _send_command_arguments, cmd_send),
     "enqueue": Command("send through the workers: exactly once, tracked, chunked; --wait follows it",
                        _enqueue_arguments, cmd_enqueue),
     "status": Command("delivery status of an order (SMSSTATUS)", _order_arguments, cmd_status),
-    "cancel": Command("cancel a scheduled order (REMOVE_DELAYED)", _order_arguments, cmd_cancel),
+    "cancel": Command("cancel a scheduled order through the workers (REMOVE_DELAYED); --direct: untracked",
+                      _cancel_arguments, cmd_cancel),
     "history": Command("orders sent between two dates (SMSHISTORY)", _history_arguments, cmd_history),
     "credits": Command("the credit balance stored in Redis; --refresh or --live ask the provider (CREDITS)",
                        _credits_arguments, cmd_credits),
     "inbox": Command("received SMS (SRHISTORYBYID, SRNEWMESSAGES or SRHISTORY), or --stored", _inbox_arguments, cmd_inbox),
     "optouts": Command("numbers that sent STOP (sends refused); --clear NUMBER", _optouts_arguments, cmd_optouts),
-    "order": Command("one order tracked in Redis: record, per-recipient status, history", _order_arguments,
+    "order": Command("one order tracked in Redis: record, per-recipient status, history (or a batch)", _order_arguments,
                      cmd_order),
     "orders": Command("recent orders tracked in Redis, optionally by state", _orders_arguments, cmd_orders),
     "batch": Command("the orders of a bulk send and their totals", _batch_arguments, cmd_batch),
@@ -547,7 +672,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    description = "Call the Mobyt provider directly, or run the built-in simulator."
+    description = "Send through the Mobyt workers, read what they track, or call the provider directly."
     parser = argparse.ArgumentParser(
         prog="mobyt", description=description, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -574,6 +699,8 @@ def _failure(exc: BaseException) -> tuple[int, dict[str, str]]:
         return 4, {"error": type(exc).__name__, "code": exc.code, "message": exc.message}
     if isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":  # ours or Celery's: try again
         return 4, {"error": "timeout", "message": str(exc) or "no answer in time"}
+    if isinstance(exc, (redis.RedisError, OperationalError)):  # Redis or the broker: try again
+        return 4, {"error": "redis", "message": str(exc)}
     return 1, {"error": type(exc).__name__, "message": str(exc)}
 
 

@@ -83,6 +83,7 @@ class Settings:
     worker_concurrency: int = 64
     worker_cpu: str = OFF
     visibility_timeout: int = 600
+    shutdown_grace: float = 20.0
     task_time_limit: int = 300
     bulk_chunk_size: int = 500
     send_rate_limit: float = 0.0
@@ -162,6 +163,7 @@ class Settings:
             worker_concurrency=get("MOBYT_WORKER_CONCURRENCY", _positive(int), d.worker_concurrency),
             worker_cpu=get("MOBYT_WORKER_CPU", _worker_cpu, d.worker_cpu),
             visibility_timeout=get("MOBYT_VISIBILITY_TIMEOUT", _positive(int), d.visibility_timeout),
+            shutdown_grace=get("MOBYT_SHUTDOWN_GRACE", _positive(float), d.shutdown_grace),
             task_time_limit=get("MOBYT_TASK_TIME_LIMIT", _positive(int), d.task_time_limit),
             bulk_chunk_size=get("MOBYT_BULK_CHUNK_SIZE", _positive(int), d.bulk_chunk_size),
             send_rate_limit=get("MOBYT_SEND_RATE_LIMIT", _non_negative(float), d.send_rate_limit),

@@ -19,6 +19,7 @@ The same call with Celery alone::
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,10 +38,20 @@ class Enqueued:
     result: AsyncResult
 
 
-def connect(broker_url: str, *, backend_url: str | None = None) -> Celery:
-    """A producer-only Celery app speaking JSON to the workers' broker."""
+def connect(broker_url: str, *, backend_url: str | None = None, broker_key_prefix: str | None = None) -> Celery:
+    """A producer-only Celery app speaking JSON to the workers' broker.
+
+    Every task name goes to the workers' queue, so ``app.send_task("mobyt.check_credits")``
+    needs no ``queue=``. ``broker_key_prefix`` (default: ``MOBYT_BROKER_KEY_PREFIX``) must
+    match the workers', or messages land under keys no worker reads.
+    """
     app = Celery("mobyt-producer", broker=broker_url, backend=backend_url or broker_url)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
+                    task_default_queue=QUEUE)
+    prefix = os.environ.get("MOBYT_BROKER_KEY_PREFIX", "") if broker_key_prefix is None else broker_key_prefix
+    if prefix:
+        app.conf.broker_transport_options = {"global_keyprefix": prefix}
+        app.conf.result_backend_transport_options = {"global_keyprefix": prefix}
     return app
 
 
@@ -65,7 +76,7 @@ def send_sms(
     if isinstance(scheduled_at, datetime):
         scheduled_at = scheduled_at.isoformat()
     kwargs = {
-        "recipients": [recipients] if isinstance(recipients, str) else list(recipients),
+        "recipients": recipients if isinstance(recipients, str) else list(recipients),  # the task splits commas
         "message": message,
         "sender": sender,
         "message_type": message_type,

@@ -15,6 +15,8 @@ import pytest
 from mobyt_worker import cli
 from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
 
+from .support import free_port
+
 LOGIN = "acme"
 PASSWORD = "cli-s3cr3t|;pw"
 NUMBERS = ["+33612345671", "+33698765432"]  # last digits 1, 2: delivered (simulator rule)
@@ -44,6 +46,7 @@ def env(server, monkeypatch, tmp_path):
         "MOBYT_CONNECT_TIMEOUT": "1",
         "MOBYT_READ_TIMEOUT": "2",
         "MOBYT_TIMEZONE": "Europe/Paris",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: these commands never need Redis
     }.items():
         monkeypatch.setenv(name, value)
 
@@ -56,7 +59,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def send_args(*extra: str) -> list[str]:
-    return ["send", "--to", NUMBERS[0], "--to", NUMBERS[1], "--message", "Bonjour | 100%", "--sender", "ACME", *extra]
+    return ["send", "--direct", "--to", NUMBERS[0], "--to", NUMBERS[1], "--message", "Bonjour | 100%", "--sender", "ACME",
+            *extra]
 
 
 def test_send_then_status(capsys, sim):
@@ -109,8 +113,8 @@ def test_scheduled_send_and_cancel(capsys):
     data = json.loads(out)
     assert data["status"] == "scheduled"
     assert datetime.fromisoformat(data["scheduled_at"]) == datetime.fromisoformat(at)
-    code, out, _ = run(capsys, "cancel", "LATER", "--json")
-    assert code == 0 and json.loads(out) == {"order_id": "LATER", "cancelled": True}
+    code, out, _ = run(capsys, "cancel", "--direct", "LATER", "--json")
+    assert code == 0 and json.loads(out) == {"order_id": "LATER", "cancelled": True, "tracked": False}
 
 
 @pytest.mark.parametrize(

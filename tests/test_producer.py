@@ -1,0 +1,33 @@
+"""The producer helper, as another service uses it, against a real worker over Redis."""
+
+from __future__ import annotations
+
+import redis
+
+from mobyt_worker.producer import connect, send_sms
+
+NUMBERS = "+33612345671,+33698765432"
+
+
+def test_a_comma_string_is_split_by_the_task_into_one_order(start_process, simulator, redis_url, runtime):
+    start_process("worker")
+    sent = send_sms(connect(redis_url), NUMBERS, "hi", sender="ACME")
+    reply = sent.result.get(timeout=20)
+    assert reply["status"] == "accepted" and len(reply["recipients"]) == 2
+    assert simulator.count("SENDSMS") == 1
+    assert sorted(runtime.store.get_order(sent.order_id).recipients) == sorted(NUMBERS.split(","))
+
+
+def test_any_task_name_lands_in_the_workers_queue(start_process, simulator, redis_url):
+    start_process("worker")
+    reply = connect(redis_url).send_task("mobyt.check_credits").get(timeout=20)
+    assert reply["balances"] and simulator.count("CREDITS") >= 1
+
+
+def test_the_broker_key_prefix_of_the_environment_is_honoured(start_process, simulator, redis_url, monkeypatch):
+    start_process("worker", env={"MOBYT_BROKER_KEY_PREFIX": "acme:"})
+    monkeypatch.setenv("MOBYT_BROKER_KEY_PREFIX", "acme:")
+    sent = send_sms(connect(redis_url), "+33612345671", "hi", sender="ACME")
+    assert sent.result.get(timeout=20)["status"] == "accepted"
+    keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("*")}
+    assert f"acme:celery-task-meta-send-{sent.order_id}" in keys and "mobyt" not in keys
