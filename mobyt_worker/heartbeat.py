@@ -49,12 +49,12 @@ class Heartbeat:
 
     def beat(self) -> None:
         now = time.time()
-        fields = {"kind": self.kind, "host": self.host, "pid": self.pid, "version": __version__,
+        fields: dict[str, str | int | float] = {"kind": self.kind, "host": self.host, "pid": self.pid, "version": __version__,
                   "started": self.started, "last_seen": now, "tasks_run": self.tasks_run, "queues": self.queues}
         if self.holds_lock is not None:
-            fields["holds_lock"] = int(bool(self.holds_lock()))
+            fields["holds_lock"] = int(self.holds_lock())
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.key, mapping=fields)
+            pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
             pipe.expire(self.key, max(1, int(self.interval * 3)))
             pipe.zadd(self.index, {self.key: now})
             pipe.execute()

@@ -198,7 +198,7 @@ class Metrics:
                 for field, value in pending.items():
                     pipe.hincrbyfloat(self.key, field, value)
                 if last_ok:  # when each provider function last answered well (readiness)
-                    pipe.hset(Keys(self.prefix).provider_ok, mapping=last_ok)
+                    pipe.hset(Keys(self.prefix).provider_ok, mapping=dict(last_ok))  # type: ignore[arg-type]
                 pipe.execute()
         except redis.RedisError as exc:  # keep the counts for the next flush
             log.debug("metrics flush failed: %s", type(exc).__name__)

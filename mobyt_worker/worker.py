@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 from datetime import timedelta
+from typing import Callable
 
 from celery import Celery
 import redbeat.schedulers  # noqa: F401 - its lock handler must run before ours (beat_init)
@@ -185,9 +186,10 @@ def _count_retry(sender: object = None, reason: object = None, **_: object) -> N
 _heartbeats: list[Heartbeat] = []
 
 
-def _heartbeat(kind: str, **kw: object) -> Heartbeat:
+def _heartbeat(kind: str, queues: str = "", holds_lock: Callable[[], bool] | None = None) -> Heartbeat:
     rt = app.runtime  # type: ignore[attr-defined]
-    beat = Heartbeat(rt.redis, rt.settings.key_prefix, kind, interval=rt.settings.heartbeat_interval, **kw)
+    beat = Heartbeat(rt.redis, rt.settings.key_prefix, kind, interval=rt.settings.heartbeat_interval,
+                     queues=queues, holds_lock=holds_lock)
     _heartbeats.append(beat.start())
     return beat
 
