@@ -44,6 +44,7 @@ from redis.sentinel import Sentinel
 from . import errors
 from .client import MobytClient
 from .config import Settings
+from .fleet import Fleet, quick_client
 from .runtime import Runtime
 from .sms import SendRequest, build_send_request, normalize_recipient, validate_order_id
 from .store import STATES, OrderRecord, parse_sentinel_url
@@ -638,6 +639,21 @@ def _show_batch(args: argparse.Namespace, rt: Runtime, batch_id: str) -> int:
     return emit(args, data, summary + "\n\n" + _orders_table(records, _painter()))
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """The fleet at a glance (fleet.py); exit 0 when ready, 1 when a check failed."""
+    snapshot = Fleet(quick_client(_settings()), _settings()).snapshot()
+    lines = [table(["check", "ok", "detail"], [[c["name"], c["ok"], c["detail"]] for c in snapshot["checks"]])]
+    for kind in ("workers", "beats"):
+        rows = snapshot.get(kind, [])
+        lines.append(table([kind[:-1], "pid", "version", "seen s ago", "tasks", "queues/lock"],
+                           [[r["host"], r["pid"], r["version"], r["last_seen_age"], r["tasks_run"],
+                             r.get("queues", r.get("holds_lock"))] for r in rows]))
+    figures = [k for k in snapshot if k not in ("checks", "workers", "beats", "failed")]
+    lines.append(table(["figure", "value"], [[k, snapshot[k]] for k in figures]))
+    emit(args, snapshot, "\n\n".join(lines))
+    return 0 if snapshot["ready"] else 1
+
+
 def _demo() -> int:
     from . import demo  # starts processes; only this command needs it
 
@@ -662,6 +678,8 @@ COMMANDS: dict[str, Command] = {
                      cmd_order),
     "orders": Command("recent orders tracked in Redis, optionally by state", _orders_arguments, cmd_orders),
     "batch": Command("the orders of a bulk send and their totals", _batch_arguments, cmd_batch),
+    "health": Command("workers, beats, queue, orders awaiting a poll or in doubt, last checks; exit 1 if not ready",
+                      lambda p: None, cmd_health),
     "simulator": Command("run the built-in fake provider", _simulator_arguments, cmd_simulator),
     "demo": Command("the whole story on this machine against the simulator (no account needed)",
                     lambda p: None, lambda args: _demo()),

@@ -101,6 +101,10 @@ class Settings:
     credit_threshold: int = 0
     log_format: str = "text"
     broker_key_prefix: str = ""
+    api_tokens: tuple[Secret, ...] = ()
+    api_rate_limit: int = 600
+    heartbeat_interval: float = 10.0
+    ready_provider_age: float = 900.0
 
     def url_for(self, function: str) -> str:
         return self.base_url.rstrip("/") + self.paths[function]
@@ -181,6 +185,10 @@ class Settings:
             credit_threshold=get("MOBYT_CREDIT_THRESHOLD", _non_negative(int), d.credit_threshold),
             log_format=get("MOBYT_LOG_FORMAT", _choice("text", "json"), d.log_format),
             broker_key_prefix=get("MOBYT_BROKER_KEY_PREFIX", _broker_prefix, d.broker_key_prefix),
+            api_tokens=_tokens(env.get("MOBYT_API_TOKEN", "")),
+            api_rate_limit=get("MOBYT_API_RATE_LIMIT", _non_negative(int), d.api_rate_limit),
+            heartbeat_interval=get("MOBYT_HEARTBEAT_INTERVAL", _positive(float), d.heartbeat_interval),
+            ready_provider_age=get("MOBYT_READY_PROVIDER_AGE", _positive(float), d.ready_provider_age),
         )
 
     def require_credentials(self) -> None:
@@ -233,6 +241,11 @@ def _worker_cpu(raw: str) -> str:
     if not raw.isdigit() or int(raw) not in allowed:
         raise ValueError(f"must be off, auto or one of the CPUs this process may use ({allowed})")
     return str(int(raw))
+
+
+def _tokens(raw: str) -> tuple[Secret, ...]:
+    """Comma-separated, so a token can be rotated: the new one is added before the old one goes."""
+    return tuple(Secret(part.strip()) for part in raw.split(",") if part.strip())
 
 
 def _intervals(raw: str) -> tuple[float, ...]:

@@ -4,7 +4,7 @@ It starts, each as a subprocess in its own process group:
 
 - the built-in simulator (``mobyt simulator``), a fake Mobyt on a free port, pushing
   statuses and inbound SMS to the web receiver;
-- the web receiver (gunicorn serving ``mobyt_worker.webhooks:wsgi_app()``, the
+- the web receiver (gunicorn serving ``mobyt_worker.web:wsgi_app()``, the
   Procfile's ``web`` line);
 - one worker (``celery -A mobyt_worker.worker worker --pool threads``) and beat;
 
@@ -328,7 +328,7 @@ class Story:
         sim = self._spawn("simulator", [sys.executable, "-m", "mobyt_worker", "simulator", "--port", str(sim_port),
                                         "--delivery-delay", str(DELIVERY_DELAY)], env)
         web = self._spawn("web", [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{web_port}", "--workers", "1",
-                                  "--threads", "4", "--access-logfile", "-", "mobyt_worker.webhooks:wsgi_app()"], env)
+                                  "--threads", "4", "--access-logfile", "-", "mobyt_worker.web:wsgi_app()"], env)
         worker = self._spawn("worker", celery + ["worker", "--pool", "threads", "--concurrency", "8", "-Q", QUEUE,
                                                  "-n", "demo@%h", "--without-heartbeat", "--without-mingle",
                                                  "--without-gossip", "-l", "info"], env)

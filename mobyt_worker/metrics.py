@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import defaultdict
 from functools import lru_cache
@@ -114,6 +115,7 @@ class Metrics:
         """Fresh state for this process (also after a fork: the parent's thread did not follow)."""
         self._lock = threading.Lock()
         self._pending: dict[str, float] = defaultdict(float)
+        self._last_ok: dict[str, float] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -153,6 +155,8 @@ class Metrics:
 
     def provider_request(self, function: str, seconds: float, outcome: str) -> None:
         """The client's ``on_request`` hook: one HTTP exchange with the provider."""
+        if outcome == "ok":
+            self._last_ok[function] = time.time()
         self.inc("provider_requests", function=function, outcome=outcome)
         self.observe("provider_request_seconds", seconds, function=function)
 
@@ -186,12 +190,15 @@ class Metrics:
         """Write what this process counted since the last flush; returns the number of fields."""
         with self._lock:
             pending, self._pending = self._pending, defaultdict(float)
+            last_ok, self._last_ok = self._last_ok, {}
         if not pending:
             return 0
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for field, value in pending.items():
                     pipe.hincrbyfloat(self.key, field, value)
+                if last_ok:  # when each provider function last answered well (readiness)
+                    pipe.hset(Keys(self.prefix).provider_ok, mapping=dict(last_ok))  # type: ignore[arg-type]
                 pipe.execute()
         except redis.RedisError as exc:  # keep the counts for the next flush
             log.debug("metrics flush failed: %s", type(exc).__name__)

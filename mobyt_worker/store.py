@@ -150,6 +150,9 @@ class Keys:
         self.metrics = f"{prefix}:metrics"
         self.send_rate = f"{prefix}:ratelimit:send"
         self.beat_prefix = f"{prefix}:beat"
+        self.heartbeats = f"{prefix}:heartbeats"
+        self.provider_ok = f"{prefix}:provider:last_ok"
+        self.api = f"{prefix}:api"
 
     def inbox_message(self, message_id: int) -> str:
         return f"{self.inbox_message_prefix}{message_id}"

@@ -6,22 +6,29 @@ from the environment once, at import.
 
 from __future__ import annotations
 
+import atexit
 from datetime import timedelta
+from typing import Callable
 
 from celery import Celery
+import redbeat.schedulers  # noqa: F401 - its lock handler must run before ours (beat_init)
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    beat_init,
     celeryd_after_setup,
     task_failure,
     task_postrun,
     task_prerun,
     task_retry,
     task_success,
+    worker_ready,
+    worker_shutdown,
 )
 
 from . import affinity, logs
 from .config import Settings
+from .heartbeat import Heartbeat
 from .runtime import Runtime
 from .store import REDIS_RETRY, Keys, parse_sentinel_url
 
@@ -178,3 +185,47 @@ def _count_failure(sender: object = None, exception: BaseException | None = None
 @task_retry.connect
 def _count_retry(sender: object = None, reason: object = None, **_: object) -> None:
     app.runtime.metrics.task_retried(getattr(sender, "name", ""), reason)  # type: ignore[attr-defined]
+
+
+# --- fleet health (see heartbeat.py) and beat's first round --------------------------------
+
+_heartbeats: list[Heartbeat] = []
+
+
+def _heartbeat(kind: str, queues: str = "", holds_lock: Callable[[], bool] | None = None) -> Heartbeat:
+    rt = app.runtime  # type: ignore[attr-defined]
+    beat = Heartbeat(rt.redis, rt.settings.key_prefix, kind, interval=rt.settings.heartbeat_interval,
+                     queues=queues, holds_lock=holds_lock)
+    _heartbeats.append(beat.start())
+    return beat
+
+
+@worker_ready.connect
+def _worker_heartbeat(sender: object = None, **_: object) -> None:
+    queues = ",".join(sorted(q.name for q in getattr(sender, "task_consumer").queues)) if sender else QUEUE
+    _heartbeat("worker", queues=queues)
+
+
+@task_postrun.connect
+def _count_task(**_: object) -> None:
+    for beat in _heartbeats:
+        beat.task_done()
+
+
+@worker_shutdown.connect
+def _heartbeat_stop(**_: object) -> None:
+    while _heartbeats:
+        _heartbeats.pop().stop()
+
+
+@beat_init.connect
+def _first_round(sender: object = None, **_: object) -> None:
+    """Right after RedBeat's handler took the lock: check credits and poll the inbox at
+    once, so a fresh deployment shows its balance within seconds, not one interval."""
+    scheduler = getattr(sender, "scheduler", None)
+    atexit.register(_heartbeat("beat", holds_lock=lambda: getattr(scheduler, "lock", None) is not None).stop)
+    if getattr(scheduler, "lock", None) is None:
+        return
+    s = app.runtime.settings  # type: ignore[attr-defined]
+    for name, every in (("mobyt.check_credits", s.credits_interval), ("mobyt.poll_inbox", s.inbox_interval)):
+        app.send_task(name, queue=QUEUE, expires=max(every, 5.0))

@@ -19,7 +19,7 @@ from mobyt_worker.errors import InvalidInput, ProviderRejected, ProviderTimeout,
 from mobyt_worker.metrics import Metrics
 from mobyt_worker.protocol import CreditRow
 from mobyt_worker.runtime import Runtime
-from mobyt_worker.webhooks import create_app
+from mobyt_worker.web import create_app
 
 from .producer import bare_client, call
 from .support import free_port, wait_for

@@ -68,3 +68,23 @@ def test_send_through_sentinel_reaches_final_status(sentinel_url, simulator, sta
                       what="final status via sentinel")
     assert record.recipients[NUMBER].status == "DLVRD"
     assert simulator.billed_sends(reply["order_id"]) == 1
+
+
+def test_web_process_starts_and_serves_through_sentinel(sentinel_url, worker_env):
+    """REDIS_URL=sentinel://... for the web app as for the workers: readiness reads Redis."""
+    from falcon import testing
+
+    from mobyt_worker.config import Settings
+    from mobyt_worker.runtime import Runtime
+    from mobyt_worker.web import create_app
+
+    env = {**worker_env, "REDIS_URL": sentinel_url, "MOBYT_REDIS_SENTINEL_MASTER": "mobytmaster",
+           "MOBYT_API_TOKEN": "sentinel-token"}
+    rt = Runtime(Settings.from_env(env))
+    client = testing.TestClient(create_app(rt))
+    assert client.simulate_get("/healthz").json == {"status": "ok", "redis": True}
+    answer = client.simulate_post("/v1/sms", json={"recipients": [NUMBER], "message": "hi"},
+                                  headers={"Authorization": "Bearer sentinel-token"})
+    assert answer.status_code == 202, answer.text
+    assert rt.redis.exists(f"mobyt:api:order:{answer.json['order_id']}")
+    rt.close()

@@ -13,13 +13,15 @@ from socketserver import ThreadingMixIn
 from typing import Any, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import falcon.testing
 import pytest
 import requests
 
 from mobyt_worker.config import Settings
 from mobyt_worker.inbox import InboxStore
 from mobyt_worker.runtime import Runtime
-from mobyt_worker.webhooks import MAX_BODY, create_app, mask
+from mobyt_worker.web import create_app
+from mobyt_worker.webhooks import MAX_BODY, mask
 
 from .producer import bare_client, run
 from .support import ROOT, free_port, wait_for
@@ -84,12 +86,12 @@ def web(web_runtime: Runtime) -> Iterator[Any]:
 
 @pytest.fixture
 def gunicorn(web_env: dict[str, str]) -> Iterator[Any]:
-    """``gunicorn ... 'mobyt_worker.webhooks:wsgi_app()'`` as in the Procfile, access log on."""
+    """``gunicorn ... 'mobyt_worker.web:wsgi_app()'`` as in the Procfile, access log on."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="mobyt-web-", suffix=".log")[1])
     args = [GUNICORN, "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
             "--access-logfile", "-", "--error-logfile", "-", "--log-level", "debug",
-            "mobyt_worker.webhooks:wsgi_app()"]
+            "mobyt_worker.web:wsgi_app()"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(args, env={**web_env, "PATH": str(Path(sys.executable).parent)}, cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -104,7 +106,7 @@ def gunicorn(web_env: dict[str, str]) -> Iterator[Any]:
     def healthy() -> bool:
         try:
             return requests.get(f"{Web.url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still booting
             assert proc.poll() is None, Web.output()
             return False
 
@@ -188,7 +190,7 @@ def test_wrong_token_is_403_and_never_echoed(web, web_runtime):
         for url in urls(web.url, token):
             answer = requests.post(url, data=status_form(), timeout=5)
             assert answer.status_code == 403, token
-            assert answer.json() == {"error": "forbidden"}
+            assert answer.json()["error"] == "forbidden" and TOKEN not in answer.text
     assert web_runtime.redis.dbsize() == 0  # nothing recorded
 
 
@@ -237,7 +239,7 @@ def test_malformed_bodies_and_requests(web, web_runtime):
     assert too_big.status_code == 413 and too_big.json()["limit"] == MAX_BODY
     assert post(inbound_url, b'{"id": 7}', {"Content-Type": "application/json"}).status_code == 415
     assert requests.get(status_url, timeout=5).status_code == 405
-    assert requests.get(status_url, timeout=5).headers["Allow"] == "POST"
+    assert "POST" in requests.get(status_url, timeout=5).headers["Allow"]
     assert requests.post(f"{web.url}/callbacks/{TOKEN}/other", data={}, timeout=5).status_code == 404
     assert requests.post(f"{web.url}/", data={}, timeout=5).status_code == 404
     assert web_runtime.redis.dbsize() == 0
@@ -253,10 +255,8 @@ def test_healthz_reports_redis(web, web_env):
     assert requests.get(f"{web.url}/healthz", timeout=5).json() == {"status": "ok", "redis": True}
     assert requests.head(f"{web.url}/healthz", timeout=5).status_code == 200
     dead = Runtime(Settings.from_env({**web_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}))
-    app = create_app(dead)
-    seen: list[str] = []
-    body = app({"PATH_INFO": "/healthz", "REQUEST_METHOD": "GET"}, lambda status, headers: seen.append(status))
-    assert seen == ["503 Service Unavailable"] and b'"redis": false' in b"".join(body)
+    answer = falcon.testing.TestClient(create_app(dead)).simulate_get("/healthz")
+    assert answer.status_code == 503 and answer.json == {"status": "unavailable", "redis": False}
 
 
 def test_a_status_pushed_and_polled_is_recorded_once(web, web_runtime, simulator, start_process, redis_url):
