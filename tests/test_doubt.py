@@ -3,6 +3,7 @@ over HTTP. A send that may have reached the provider is settled on evidence only
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -106,19 +107,6 @@ def test_retries_run_out_while_reads_fail_becomes_in_doubt_then_settles_on_evide
     assert [e["state"] for e in events if e["type"] == "order"][:2] == ["in_doubt", "accepted"]
 
 
-def test_retries_run_out_on_clean_absence_fail_with_nothing_billed(redis_url, simulator, start_process):
-    from mobyt_worker.tasks import SEND_MAX_RETRIES
-
-    start_process("worker")
-    start_process("beat")
-    simulator.inject_fault("SENDSMS", "drop", count=SEND_MAX_RETRIES + 1)  # never processed
-    with pytest.raises(Exception):
-        send(redis_url, "GIVEUP2").get(timeout=60)
-    record = state_is(store_of(redis_url), "GIVEUP2", "failed")
-    assert "nothing was billed" in (record.error or "")
-    assert simulator.billed_sends() == 0 and simulator.count("SMSHISTORY") >= 1
-
-
 def test_a_due_entry_whose_record_is_gone_is_dropped(redis_url, simulator, start_process):
     worker = start_process("worker")
     start_process("beat")
@@ -142,3 +130,32 @@ def test_a_queued_intent_that_can_never_be_valid_is_failed_not_replayed(redis_ur
     assert record.state == "failed" and "recipient" in (record.error or "")
     assert store.redis.zscore(store.keys.intents, "BADINTENT") is None
     assert simulator.count("SENDSMS") == 0
+
+
+def test_resend_is_the_operators_explicit_way_out_of_in_doubt(redis_url, worker_env, simulator, start_process,
+                                                               monkeypatch, tmp_path, capsys):
+    from mobyt_worker import cli
+    from mobyt_worker.errors import ProviderTimeout
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in worker_env.items():
+        monkeypatch.setenv(name, value)
+    start_process("worker")
+    store = store_of(redis_url)
+    request = {"recipients": [NUMBER], "message": "again", "sender": "ACME", "message_type": "N"}
+    _, _, token = store.claim_send("STUCK1", {"message_type": "N", "request": json.dumps(request)},
+                                   lock_seconds=5)
+    store.release_send("STUCK1", token)  # an attempt that may have reached the provider
+    store.mark_in_doubt("STUCK1", ProviderTimeout("no answer"))
+    assert cli.main(["orders", "--status", "in_doubt", "--json"]) == 0
+    assert [o["order_id"] for o in json.loads(capsys.readouterr().out)] == ["STUCK1"]
+    assert cli.main(["resend", "STUCK1"]) == 2  # the flag is required: no resend by accident
+    assert simulator.count("SENDSMS") == 0 and store.get_order("STUCK1").state == "in_doubt"
+    assert cli.main(["resend", "STUCK1", "--i-accept-a-possible-duplicate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "accepted"
+    assert simulator.billed_sends("STUCK1") == 1 and simulator.requests("SENDSMS")[0].params["message"] == "again"
+    raw = store.redis.hgetall(store.keys.order("STUCK1"))
+    assert raw["resends"] == "1" and raw["state"] in ("accepted", "completed")
+    events = [e for _, e in store.redis.xrange(store.keys.events) if e["order_id"] == "STUCK1"]
+    assert [e["state"] for e in events if e["type"] == "order"][:3] == ["in_doubt", "resend", "accepted"]
+    assert cli.main(["resend", "STUCK1", "--i-accept-a-possible-duplicate"]) == 1  # settled: refused
