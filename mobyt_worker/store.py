@@ -446,7 +446,8 @@ class OrderStore:
     def note_ambiguous(self, order_id: str, error: Exception, next_check: float) -> None:
         """The attempt may have reached the provider: it stays in doubt, settled later on evidence."""
         with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.order(order_id), mapping={"ambiguous_at": time.time(), **_error_fields(error)})
+            fields: dict[str, Any] = {"ambiguous_at": time.time(), **_error_fields(error)}
+            pipe.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], fields))
             pipe.zadd(self.keys.due, {order_id: next_check})
             pipe.execute()
 

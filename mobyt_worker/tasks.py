@@ -9,6 +9,7 @@ asking SMSSTATUS, never by sending again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -160,13 +161,13 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
             log.info("order %s: send rate limit, no slot in time: queued again in %.2fs", order_id, wait)
             raise task.retry(countdown=wait, max_retries=None)
     # STOP is honoured before any HTTP call: the claim checks the opt-outs in its round trip.
-    claim = {"lock_seconds": _lock_seconds(), "due_at": time.time() + _lock_seconds() + s.doubt_grace,
-             "scheduled_epoch": request.scheduled_at.timestamp() if request.scheduled_at else None}
-    verdict, state, token = store.claim_send(order_id, meta, optout_key=rt.optouts.key,
-                                             recipients=request.recipients, **claim)
+    claim = functools.partial(store.claim_send, order_id, meta, lock_seconds=_lock_seconds(),
+                              due_at=time.time() + _lock_seconds() + s.doubt_grace,
+                              scheduled_epoch=request.scheduled_at.timestamp() if request.scheduled_at else None)
+    verdict, state, token = claim(optout_key=rt.optouts.key, recipients=request.recipients)
     if verdict == "optout":
         rt.optouts.check(request.recipients)  # raises RecipientOptedOut naming the (masked) numbers
-        verdict, state, token = store.claim_send(order_id, meta, **claim)  # cleared since
+        verdict, state, token = claim()  # cleared since
     if verdict == "busy":
         raise task.retry(countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
     if verdict == "done":
@@ -176,7 +177,7 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
             settled = _resolve_for_send(task, request, order_id, state, token)
             if settled is not None:
                 return settled
-            verdict, state, token = store.claim_send(order_id, meta, token=token, **claim)  # absent: send
+            verdict, state, token = claim(token=token)  # absent: send
             if verdict != "send":
                 return _send_result(order_id, request, state)
         result = _attempt(task, request, order_id, token)
