@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import enum
 import json
+import logging
 import os
 import sys
 import time
@@ -611,6 +612,34 @@ def cmd_orders(args: argparse.Namespace) -> int:
     return emit(args, [{**r.to_dict(), "history": None} for r in records], _orders_table(records, _painter()))
 
 
+def _resend_arguments(p: argparse.ArgumentParser) -> None:
+    _order_arguments(p)
+    p.add_argument("--i-accept-a-possible-duplicate", action="store_true", dest="accept_duplicate", required=True,
+                   help="the earlier attempt may have been billed: this send may be a second one")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the workers (60)")
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    """The operator's way out of ``in_doubt``: lift the doubt by decision (tracked: an event
+    ``state=resend``, a WARNING, ``resends`` on the record) and send through the workers."""
+    order_id = _order_id(args.order_id)
+    rt = _runtime()
+    try:
+        record = rt.store.require_order(order_id)
+        if not record.request:
+            raise errors.OrderNotResendable(order_id, "its request was not recorded")
+        rt.store.allow_resend(order_id)
+        logging.getLogger(__name__).warning("order %s: resend accepted by the operator (was %s); a duplicate is "
+                                            "possible", order_id, record.state)
+        from .worker import QUEUE  # noqa: PLC0415 - only this command needs Celery
+
+        kwargs = {**json.loads(record.request), "order_id": order_id}
+        reply = rt.producer.send_task("mobyt.send_sms", kwargs=kwargs, queue=QUEUE).get(timeout=args.timeout)
+    finally:
+        rt.close()
+    return emit(args, reply, table(["order_id", "status"], [[reply["order_id"], reply["status"]]]))
+
+
 def _batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("batch_id", metavar="BATCH_ID", help="the order_id a bulk send answered with")
 
@@ -680,6 +709,8 @@ COMMANDS: dict[str, Command] = {
     "batch": Command("the orders of a bulk send and their totals", _batch_arguments, cmd_batch),
     "health": Command("workers, beats, queue, orders awaiting a poll or in doubt, last checks; exit 1 if not ready",
                       lambda p: None, cmd_health),
+    "resend": Command("send an order left in doubt again, accepting a possible duplicate (tracked)",
+                      _resend_arguments, cmd_resend),
     "simulator": Command("run the built-in fake provider", _simulator_arguments, cmd_simulator),
     "demo": Command("the whole story on this machine against the simulator (no account needed)",
                     lambda p: None, lambda args: _demo()),

@@ -40,10 +40,17 @@ T = TypeVar("T")
 HISTORY_WINDOW = timedelta(days=1)
 
 
-def check_status(status: int, where: str) -> None:
-    """Map a non-2xx HTTP status to a typed error (5xx transient, 3xx/4xx permanent)."""
+#: HTTP statuses by which the provider says it did not process the request, yet may later.
+THROTTLED = frozenset({408, 425, 429})
+
+
+def check_status(status: int, where: str, retry_after: float | None = None) -> None:
+    """Map a non-2xx HTTP status to a typed error as the HTTP world does: 408, 425, 429
+    and 5xx transient (``Retry-After`` kept), other 3xx/4xx permanent."""
     if 200 <= status < 300:
         return
+    if status in THROTTLED:
+        raise errors.ProviderThrottled(f"{where}: HTTP {status}", f"HTTP{status}", retry_after)
     if status >= 500:
         raise errors.ProviderServerError(f"{where}: HTTP {status}", code=f"HTTP{status}")
     why = "redirected (set MOBYT_BASE_URL to the final URL)" if 300 <= status < 400 else "refused"
@@ -66,7 +73,11 @@ class MobytClient:
         self._owns_transport = transport is None
         self._transport: Transport = transport if transport is not None else HttpTransport(settings.pool_size)
         self._on_request = on_request
-        wait = wait_random_exponential(multiplier=0.25, max=backoff_max)
+        jitter = wait_random_exponential(multiplier=0.25, max=backoff_max)  # full jitter
+
+        def wait(state: RetryCallState) -> float:
+            return max(min(_retry_after(state), backoff_max), jitter(state))
+
         stop = stop_after_attempt(read_attempts)
         self._retry_reads = Retrying(
             retry=retry_if_exception_type(errors.ProviderUnavailable), wait=wait, stop=stop,
@@ -191,11 +202,14 @@ class MobytClient:
         outcome = "ok"
         try:
             response = self._transport.post(url, data, (self.settings.connect_timeout, self.settings.read_timeout))
-            check_status(response.status, f"POST {function}")
+            check_status(response.status, f"POST {function}", response.retry_after)
             return decode(response.text)
-        except errors.ProviderRejected:
+        except errors.ProviderRejected as exc:
             outcome = "rejected"
-            raise
+            raise self._scrubbed(exc)
+        except errors.ProviderError as exc:
+            outcome = type(exc).__name__
+            raise self._scrubbed(exc)
         except Exception as exc:
             outcome = type(exc).__name__
             raise
@@ -204,6 +218,20 @@ class MobytClient:
             log.debug("mobyt %s %.0fms %s", function, elapsed * 1000, outcome)
             if self._on_request is not None:
                 self._on_request(function, elapsed, outcome)
+
+
+    def _scrubbed(self, exc: errors.ProviderError) -> errors.ProviderError:
+        """The error with the provider's text bounded and the credentials removed, should
+        the provider have echoed the form."""
+        exc.message = errors.scrub(exc.message, (self.settings.login, self.settings.password.reveal()))
+        exc.args = (exc.message, *exc.args[1:])
+        return exc
+
+
+def _retry_after(state: RetryCallState) -> float:
+    """What a 429 ``Retry-After`` asked for (0 when it did not)."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return float(getattr(exc, "retry_after", None) or 0.0)
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -94,6 +94,9 @@ class Settings:
     poll_tick: float = 5.0
     poll_intervals: tuple[float, ...] = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
     send_retry_max: float = 60.0
+    doubt_grace: float = 30.0
+    doubt_limit: float = 3600.0
+    order_unknown_codes: frozenset[str] = frozenset()
     poll_batch: int = 500
     inbox_interval: float = 30.0
     reconcile_interval: float = 300.0
@@ -178,6 +181,9 @@ class Settings:
             poll_tick=get("MOBYT_POLL_TICK", _positive(float), d.poll_tick),
             poll_intervals=get("MOBYT_POLL_INTERVALS", _intervals, d.poll_intervals),
             send_retry_max=get("MOBYT_SEND_RETRY_MAX", _positive(float), d.send_retry_max),
+            doubt_grace=get("MOBYT_DOUBT_GRACE", _non_negative(float), d.doubt_grace),
+            doubt_limit=get("MOBYT_DOUBT_LIMIT", _positive(float), d.doubt_limit),
+            order_unknown_codes=get("MOBYT_ORDER_UNKNOWN_CODES", _codes, d.order_unknown_codes),
             poll_batch=get("MOBYT_POLL_BATCH", _positive(int), d.poll_batch),
             inbox_interval=get("MOBYT_INBOX_INTERVAL", _positive(float), d.inbox_interval),
             reconcile_interval=get("MOBYT_RECONCILE_INTERVAL", _positive(float), d.reconcile_interval),
@@ -253,6 +259,14 @@ def _intervals(raw: str) -> tuple[float, ...]:
     if not values or any(v <= 0 for v in values):
         raise ValueError("must be a comma-separated list of positive seconds")
     return values
+
+
+def _codes(raw: str) -> frozenset[str]:
+    """Comma-separated KO codes, e.g. ``40``."""
+    codes = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    if not all(code.isalnum() for code in codes):
+        raise ValueError("must be comma-separated KO codes (letters and digits)")
+    return codes
 
 
 def _http_url(name: str) -> Callable[[str], str]:

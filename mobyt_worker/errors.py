@@ -74,6 +74,18 @@ class OrderNotCancellable(MobytError):
         return f"order {self.order_id!r} cannot be cancelled: {self.reason}"
 
 
+class OrderNotResendable(MobytError):
+    """An operator's resend was refused: the order is not in doubt (or an attempt is in flight)."""
+
+    def __init__(self, order_id: str, reason: str) -> None:
+        super().__init__(order_id, reason)
+        self.order_id = order_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"order {self.order_id!r} cannot be resent: {self.reason}"
+
+
 class ProviderError(MobytError):
     """Anything that went wrong talking to Mobyt."""
 
@@ -119,7 +131,19 @@ class ProviderDisconnected(ProviderUnavailable):
 
 
 class ProviderServerError(ProviderUnavailable):
-    """Mobyt answered with an HTTP 5xx status."""
+    """Mobyt answered with an HTTP 5xx status (it may have processed the request)."""
+
+
+class ProviderThrottled(ProviderUnavailable):
+    """HTTP 408, 425 or 429: the provider says it did not process the request; try again
+    after ``retry_after`` seconds when it said so (``Retry-After``)."""
+
+    ambiguous = False
+
+    def __init__(self, message: str, code: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, code)
+        self.args = (message, code, retry_after)
+        self.retry_after = retry_after
 
 
 class ProviderBadResponse(ProviderUnavailable):
@@ -128,3 +152,14 @@ class ProviderBadResponse(ProviderUnavailable):
 
 class ProviderEmptyResponse(ProviderBadResponse):
     """The answer had an empty body."""
+
+
+#: Provider text kept in Redis, results and logs is cut to this many characters.
+PROVIDER_TEXT_MAX = 200
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` without any of ``secrets`` (a provider may echo the form it was sent), bounded."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text if len(text) <= PROVIDER_TEXT_MAX else text[:PROVIDER_TEXT_MAX - 1] + "…"

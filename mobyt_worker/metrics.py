@@ -33,6 +33,9 @@ metric                                        type       labels
 ``mobyt_task_retries_total``                  counter    task, kind
 ``mobyt_status_polls_total``                  counter    outcome: ok or the error class
 ``mobyt_status_changes_total``                counter    status, source (poll, push)
+``mobyt_doubt_checks_total``                  counter    outcome: accepted, absent, unclear
+``mobyt_orders_in_doubt_total``               counter    -
+``mobyt_unknown_statuses_total``              counter    status (as the provider wrote it)
 ``mobyt_inbox_messages_total``                counter    source (poll, push, reconcile)
 ``mobyt_provider_requests_total``             counter    function, outcome (ok, rejected,
                                                          or the error class)
@@ -78,6 +81,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "task_retries": ("counter", "Task retries, by task and the error that caused them", ("task", "kind")),
     "status_polls": ("counter", "SMSSTATUS polls of tracked orders, by outcome", ("outcome",)),
     "status_changes": ("counter", "Per-recipient status changes recorded, by status and source", ("status", "source")),
+    "doubt_checks": ("counter", "Reads that asked the provider about a send in doubt, by verdict", ("outcome",)),
+    "orders_in_doubt": ("counter", "Orders that became in_doubt (never re-sent automatically)", ()),
+    "unknown_statuses": ("counter", "Recipient statuses the seed does not list, as written", ("status",)),
     "inbox_messages": ("counter", "Inbound SMS stored for the first time, by source", ("source",)),
     "provider_requests": ("counter", "HTTP requests to the provider, by function and outcome", ("function", "outcome")),
     "provider_request_seconds": ("histogram", "HTTP latency to the provider, by function", ("function",)),

@@ -74,6 +74,12 @@ class RecipientStatus:
     recipient: str
     status: Status
     delivered_at: datetime | None
+    written: str = ""  # the provider's own word when the seed does not list it (status is UNKNOWN then)
+
+    @property
+    def label(self) -> str:
+        """The status as the provider wrote it: a status the seed does not list is kept, not final."""
+        return self.written or self.status.value
 
 
 @dataclass(frozen=True)
@@ -186,10 +192,10 @@ def decode_status(body: str, tz: ZoneInfo) -> list[RecipientStatus]:
         if not re.fullmatch(r"[A-Z0-9]+", status):  # empty or mangled: the answer was cut
             raise ProviderBadResponse(f"SMSSTATUS row without a status: {_preview('|'.join(row))}")
         try:
-            state = Status(status)
-        except ValueError:
-            state = Status.UNKNOWN  # a status added by the provider after this code was written
-        result.append(RecipientStatus(unquote_plus(recipient), state, parse_date(delivered, tz)))
+            state, written = Status(status), ""
+        except ValueError:  # a status added by the provider after this code was written
+            state, written = Status.UNKNOWN, status
+        result.append(RecipientStatus(unquote_plus(recipient), state, parse_date(delivered, tz), written))
     return result
 
 
@@ -268,7 +274,7 @@ def encode_send(receipt: SendReceipt) -> str:
 
 def encode_status(rows: list[RecipientStatus], tz: ZoneInfo) -> str:
     return "OK;" + "".join(
-        f"{_enc(r.recipient)}|{r.status.value}|{_date(r.delivered_at, tz)};" for r in rows
+        f"{_enc(r.recipient)}|{r.label}|{_date(r.delivered_at, tz)};" for r in rows
     )
 
 

@@ -51,10 +51,18 @@ class RateLimiter:
         """0.0 if admitted now, else the seconds to wait (nothing is reserved then)."""
         return abs(self._call(cost, 0.0))
 
-    def acquire(self, cost: int = 1, timeout: float = 60.0) -> None:
-        """Reserve the next slot and sleep until it; TimeoutError if it is past ``timeout``."""
-        wait = self._call(cost, timeout)
+    def reserve(self, max_wait: float, cost: int = 1) -> float:
+        """Take the next slot if it comes within ``max_wait`` seconds (sleeping until it) and
+        return 0; otherwise reserve nothing and return the seconds until a slot is free, so
+        the caller waits in the queue rather than inside a task."""
+        wait = self._call(cost, max_wait)
         if wait < 0:
-            raise TimeoutError("send rate limit: no slot in time")
+            return -wait
         if wait > 0:
             time.sleep(wait)
+        return 0.0
+
+    def acquire(self, cost: int = 1, timeout: float = 60.0) -> None:
+        """Reserve the next slot and sleep until it; TimeoutError if it is past ``timeout``."""
+        if self.reserve(timeout, cost):
+            raise TimeoutError("send rate limit: no slot in time")

@@ -43,6 +43,9 @@ class Runtime:
     def record_statuses(self, order_id: str, rows: Sequence[RecipientStatus], *, source: str) -> list[dict[str, Any]] | str:
         """Apply statuses from a poll or a push, then hand each change to MOBYT_EVENT_TASK."""
         changes = self.store.apply_statuses(order_id, rows, source=source)
+        for row in rows:
+            if row.written:
+                self.metrics.inc("unknown_statuses", status=row.written[:40])
         if isinstance(changes, list) and changes:
             self.metrics.status_changes(changes, source)
         name = self.settings.event_task

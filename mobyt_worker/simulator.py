@@ -84,7 +84,8 @@ log = logging.getLogger(__name__)
 FUNCTIONS = frozenset(DEFAULT_PATHS)
 #: Every function answers under each of these prefixes: the seed itself mixes them.
 PREFIXES = frozenset({"Moby", "Mobyt", "OESRs"})
-FAULT_KINDS = frozenset({"http500", "html", "garbage", "empty", "drop", "ko", "slow", "lost_answer"})
+FAULT_KINDS = frozenset({"http500", "http503", "http408", "http429", "html", "garbage", "empty", "drop", "ko", "slow",
+                         "lost_answer"})
 
 KO_AUTH, KO_MISSING, KO_INVALID = "10", "20", "21"
 KO_CREDITS, KO_UNKNOWN_ORDER, KO_NOT_CANCELLABLE, KO_INJECTED = "30", "40", "41", "50"
@@ -129,6 +130,7 @@ class Reply:
     content_type: str = "text/plain; charset=utf-8"
     delay: float = 0.0  # seconds to wait before answering (latency, plus a "slow" fault)
     drop: bool = False  # close the connection without any answer
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -411,8 +413,12 @@ class ProviderSimulator:
     @staticmethod
     def _fault_reply(fault: _Fault, latency: float) -> Reply:
         """The faults that answer without processing the request."""
-        if fault.kind == "http500":
-            return Reply(500, _HTML_500, "text/html; charset=utf-8", latency)
+        if fault.kind in ("http500", "http503"):
+            return Reply(int(fault.kind[4:]), _HTML_500, "text/html; charset=utf-8", latency)
+        if fault.kind == "http408":
+            return Reply(408, b"request timeout\n", delay=latency)
+        if fault.kind == "http429":  # the fault's delay is the Retry-After it announces
+            return Reply(429, b"too many requests\n", delay=latency, headers=(("Retry-After", f"{fault.delay:g}"),))
         if fault.kind == "html":
             return Reply(200, _HTML_PAGE, "text/html; charset=utf-8", latency)
         if fault.kind == "garbage":  # never starts with OK/KO, rarely valid UTF-8
@@ -769,7 +775,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.drop:
             self.close_connection = True
             return
-        self._send(reply.status, reply.body, reply.content_type)
+        self._send(reply.status, reply.body, reply.content_type, reply.headers)
 
     do_POST = do_GET
 
@@ -812,10 +818,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, value: Any) -> None:
         self._send(status, json.dumps(value).encode(), "application/json")
 
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              headers: tuple[tuple[str, str], ...] = ()) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in headers:
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             if self.close_connection:
                 self.send_header("Connection", "close")

@@ -9,6 +9,7 @@ key                                   type    content
 ``P:order:{order_id}:rcpt``           hash    recipient -> JSON {status, delivered_at, changed_at, final}
 ``P:order:{order_id}:history``        list    JSON status changes, oldest first
 ``P:order:{order_id}:lock``           string  send lock: one attempt in flight per order
+``P:intents``                         zset    order_id of a ``queued`` intent, scored by when to replay it
 ``P:orders``                          zset    order_id scored by creation time (recent orders)
 ``P:poll:due``                        zset    order_id scored by when its next status poll is due
 ``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
@@ -35,10 +36,11 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from .errors import OrderNotFound
+from .errors import OrderNotFound, OrderNotResendable, scrub
 from .protocol import RecipientStatus
 
 #: Order states, in the order an order moves through them.
+QUEUED = "queued"  # intent written by a producer before publishing; no attempt yet
 SENDING = "sending"  # claimed; an attempt may be in flight (ambiguous after a crash)
 UNSENT = "unsent"  # the last attempt surely never reached the provider
 SCHEDULED = "scheduled"  # accepted for a later time
@@ -47,8 +49,11 @@ COMPLETED = "completed"  # every recipient has a final status
 EXPIRED = "expired"  # the provider no longer knows the order (30 days)
 FAILED = "failed"  # refused by the provider; never sent
 CANCELLED = "cancelled"  # scheduled send removed
-STATES = (SENDING, UNSENT, SCHEDULED, ACCEPTED, COMPLETED, EXPIRED, FAILED, CANCELLED)
-OPEN_STATES = frozenset({SENDING, UNSENT, SCHEDULED, ACCEPTED})
+IN_DOUBT = "in_doubt"  # an attempt may have reached the provider and no read settled it in time
+STATES = (QUEUED, SENDING, UNSENT, SCHEDULED, ACCEPTED, COMPLETED, EXPIRED, FAILED, CANCELLED, IN_DOUBT)
+OPEN_STATES = frozenset({SENDING, UNSENT, SCHEDULED, ACCEPTED, IN_DOUBT})
+#: States of an order whose send is not settled: the due-set poller resolves them.
+UNSETTLED = frozenset({SENDING, UNSENT, IN_DOUBT})
 
 
 #: Client options that ride out a Redis restart or failover (~30 s of jittered retries).
@@ -121,6 +126,10 @@ class OrderRecord:
     batch_id: str | None
     task_id: str | None
     attempts: int
+    doubt: bool = False  # an attempt may have reached the provider: only evidence ends it
+    doubt_since: float | None = None  # epoch the doubt began
+    ambiguous_at: float | None = None  # epoch of the last attempt that may have reached it
+    request: str | None = None  # JSON of the send's kwargs (for an operator's resend)
     error_code: str | None = None
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -138,6 +147,7 @@ class Keys:
         self.prefix = prefix
         self.orders = f"{prefix}:orders"
         self.due = f"{prefix}:poll:due"
+        self.intents = f"{prefix}:intents"
         self.events = f"{prefix}:events"
         self.inbox_message_prefix = f"{prefix}:inbox:msg:"
         self.inbox_ids = f"{prefix}:inbox:ids"
@@ -177,41 +187,56 @@ class Keys:
 
 
 # Claim the right to attempt a send. Returns {verdict, state}:
-#   send     - nobody sent yet (or the last attempt surely failed): go ahead
-#   resolve  - an earlier attempt may have reached the provider: ask SMSSTATUS first
+#   send     - no attempt may have reached the provider: go ahead (the order is now in
+#              doubt, and due at ARGV[7], until this attempt's outcome is recorded)
+#   resolve  - an earlier attempt may have reached the provider (``doubt``): ask for
+#              evidence first, whatever the state says (sending, unsent or in_doubt)
 #   busy     - another worker holds the lock right now
 #   done     - the order is past sending (accepted, failed, ...): do nothing
-#   optout   - (only with KEYS[4], the opt-out hash) a recipient in ARGV[7..] sent STOP:
+#   optout   - (only with KEYS[6], the opt-out hash) a recipient in ARGV[8..] sent STOP:
 #              nothing was written
-# Re-running with the same token (a client-side retry after a lost reply) gives "send" again.
+# A missing record and a producer's ``queued`` intent are the same: the record is created
+# (an intent's created_at kept) and the intent leaves P:intents. The due-set entry is
+# written before any HTTP call, so even a SIGKILL mid-send leaves the order where the
+# poller settles it. Re-running with the same token (a client-side retry after a lost
+# reply) gives "send" again.
 _CLAIM_SEND = """
-local order, lock, orders, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local token, lock_ms, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local order, lock, orders, due, intents, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local token, lock_ms, now, ttl, oid, due_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6], ARGV[7]
 if optouts then
-  for i = 7, #ARGV do
+  for i = 8, #ARGV do
     if redis.call('HEXISTS', optouts, ARGV[i]) == 1 then return {'optout', ''} end
   end
 end
 local holder = redis.call('GET', lock)
 if holder and holder ~= token then return {'busy', redis.call('HGET', order, 'state') or ''} end
 local state = redis.call('HGET', order, 'state')
-if not state then
-  redis.call('HSET', order, unpack(cjson.decode(ARGV[5])))
-  redis.call('HSET', order, 'state', 'sending', 'attempts', 1, 'attempt_token', token)
-  redis.call('EXPIRE', order, ttl)
-  redis.call('ZADD', orders, now, ARGV[6])
-  redis.call('SET', lock, token, 'PX', lock_ms)
-  return {'send', 'sending'}
-end
-if state == 'unsent' then
-  redis.call('HSET', order, 'state', 'sending', 'attempt_token', token)
+local function attempt()
+  redis.call('HSET', order, 'state', 'sending', 'attempt_token', token, 'doubt', 1, 'doubt_since', now,
+    'ambiguous_at', now)
   redis.call('HINCRBY', order, 'attempts', 1)
   redis.call('SET', lock, token, 'PX', lock_ms)
+  redis.call('ZADD', due, due_at, oid)
   return {'send', 'sending'}
 end
-if state == 'sending' then
+if not state or state == 'queued' then
+  local created = redis.call('HGET', order, 'created_at')
+  redis.call('HSET', order, unpack(cjson.decode(ARGV[5])))
+  if created then redis.call('HSET', order, 'created_at', created) end
+  redis.call('HSET', order, 'attempts', 0)
+  redis.call('EXPIRE', order, ttl)
+  redis.call('ZADD', orders, now, oid)
+  redis.call('ZREM', intents, oid)
+  return attempt()
+end
+local doubt = redis.call('HGET', order, 'doubt') == '1'
+if state == 'sending' and redis.call('HGET', order, 'attempt_token') == token then
   redis.call('SET', lock, token, 'PX', lock_ms)
-  if redis.call('HGET', order, 'attempt_token') == token then return {'send', state} end
+  return {'send', state}
+end
+if state == 'unsent' and not doubt then return attempt() end
+if state == 'sending' or state == 'unsent' or state == 'in_doubt' then
+  redis.call('SET', lock, token, 'PX', lock_ms)
   return {'resolve', state}
 end
 return {'done', state}
@@ -225,8 +250,8 @@ local oid, state, fields, recipients = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), 
 local first_due, ttl, maxlen, at = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 if ARGV[9] ~= '' and redis.call('GET', lock) == ARGV[9] then redis.call('DEL', lock) end
 local current = redis.call('HGET', order, 'state')
-if current ~= 'sending' and current ~= 'unsent' then return current or '' end
-redis.call('HSET', order, 'state', state, unpack(fields))
+if current ~= 'sending' and current ~= 'unsent' and current ~= 'in_doubt' then return current or '' end
+redis.call('HSET', order, 'state', state, 'doubt', 0, unpack(fields))
 redis.call('HDEL', order, 'error', 'error_code')
 for _, r in ipairs(recipients) do
   redis.call('HSETNX', rcpt, r, cjson.encode({status='', delivered_at='', changed_at='', final=0}))
@@ -305,6 +330,8 @@ elseif source == 'poll' then
   local i = math.min(math.max(polls, 1), #intervals)
   redis.call('ZADD', due, now + intervals[i], oid)
 end
+local sched = tonumber(redis.call('HGET', order, 'scheduled_epoch') or '0')
+if sched > now then ttl = ttl + math.ceil(sched - now) end  -- kept until its time plus the TTL
 for _, k in ipairs({order, rcpt, hist}) do redis.call('EXPIRE', k, ttl) end
 return changes
 """
@@ -357,20 +384,31 @@ class OrderStore:
 
     # --- sending -------------------------------------------------------------------
 
-    def claim_send(self, order_id: str, meta: dict[str, Any], *, lock_seconds: float,
-                   optout_key: str | None = None, recipients: Sequence[str] = ()) -> tuple[str, str, str]:
+    def claim_send(self, order_id: str, meta: dict[str, Any], *, lock_seconds: float, due_at: float | None = None,
+                   optout_key: str | None = None, recipients: Sequence[str] = (), token: str = "",
+                   scheduled_epoch: float | None = None) -> tuple[str, str, str]:
         """Return (verdict, state, token); see ``_CLAIM_SEND``. ``meta`` is stored on creation.
         With ``optout_key``, refuses (``optout``) if one of ``recipients`` is in that hash,
-        in the same round trip."""
-        token = f"{random.getrandbits(128):032x}"  # unique per attempt; no system call, unlike uuid4
+        in the same round trip. ``due_at`` (default: when the lock expires): when the poller
+        settles the order if nothing records this attempt's outcome first."""
+        token = token or f"{random.getrandbits(128):032x}"  # unique per attempt; no system call, unlike uuid4
         now = time.time()
-        fields = {"order_id": order_id, "created_at": now_iso(now), "polls": 0, "final": 0, "cancelled": 0, **meta}
-        keys = [self.keys.order(order_id), self.keys.send_lock(order_id), self.keys.orders]
+        due_at = now + lock_seconds if due_at is None else due_at
+        fields = {"order_id": order_id, "created_at": now_iso(now), "polls": 0, "final": 0, "cancelled": 0,
+                  "scheduled_epoch": scheduled_epoch, **meta}
+        keys = [self.keys.order(order_id), self.keys.send_lock(order_id), self.keys.orders, self.keys.due,
+                self.keys.intents]
         verdict, state = self._claim_send(
             keys=keys + [optout_key] if optout_key else keys,
-            args=[token, int(lock_seconds * 1000), now, self.ttl, json.dumps(_flatten(fields)), order_id, *recipients],
+            args=[token, int(lock_seconds * 1000), now, self.ttl_for(scheduled_epoch), json.dumps(_flatten(fields)),
+                  order_id, due_at, *recipients],
         )
         return verdict, state, token
+
+    def ttl_for(self, scheduled_epoch: float | None) -> int:
+        """An order scheduled further ahead than the TTL is kept until its time plus the TTL."""
+        ahead = (scheduled_epoch or 0) - time.time()
+        return self.ttl + max(0, int(ahead) + 1)
 
     def release_send(self, order_id: str, token: str) -> None:
         self._release(keys=[self.keys.send_lock(order_id)], args=[token])
@@ -390,36 +428,96 @@ class OrderStore:
         state = SCHEDULED if scheduled else ACCEPTED
         at = now_iso()
         extra = {"accepted_at": at, **(fields or {})}
+        scheduled_at = first_poll_at - self.poll_intervals[0] if scheduled else None
         return self._accept(
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.due, self.keys.events,
                   self.keys.send_lock(order_id)],
             args=[order_id, state, json.dumps(_flatten(extra)), json.dumps(list(recipients)), first_poll_at,
-                  self.ttl, self.stream_maxlen, at, release_token or ""],
+                  self.ttl_for(scheduled_at), self.stream_maxlen, at, release_token or ""],
         )
 
-    def mark_unsent(self, order_id: str, error: Exception) -> None:
-        """The attempt surely did not reach the provider: a later attempt may send."""
-        self._set_if_state(order_id, {SENDING}, UNSENT, error)
+    def mark_unsent(self, order_id: str, error: Exception, token: str) -> None:
+        """Attempt ``token`` surely did not reach the provider (and, since it was allowed to
+        send, no earlier one did): the doubt its claim raised ends; a later attempt may send."""
+        self._set_if_state(order_id, {SENDING}, UNSENT, error, doubt=0, when={"attempt_token": token})
 
-    def mark_failed(self, order_id: str, error: Exception) -> None:
-        """The provider refused the send (or it was never valid): terminal, nothing billed."""
-        self._set_if_state(order_id, {SENDING, UNSENT}, FAILED, error, final=1)
+    def end_doubt(self, order_id: str, token: str) -> bool:
+        """Clean evidence that no attempt reached the provider; ``token`` holds the send lock."""
+        return self._set_if_state(order_id, {SENDING, UNSENT}, UNSENT, None, doubt=0,
+                                  lock=(self.keys.send_lock(order_id), token))
+
+    def note_ambiguous(self, order_id: str, error: Exception, next_check: float) -> None:
+        """The attempt may have reached the provider: it stays in doubt, settled later on evidence."""
+        with self.redis.pipeline() as pipe:
+            fields: dict[str, Any] = {"ambiguous_at": time.time(), **_error_fields(error)}
+            pipe.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], fields))
+            pipe.zadd(self.keys.due, {order_id: next_check})
+            pipe.execute()
+
+    def mark_failed(self, order_id: str, error: Exception, *, allowed: Iterable[str] = (SENDING, UNSENT)) -> bool:
+        """Terminal, nothing billed: the provider refused the send, it was never valid, or
+        clean evidence shows it never reached the provider. Only from ``allowed`` states."""
+        if not self._set_if_state(order_id, set(allowed), FAILED, error, final=1, doubt=0,
+                                  drop=(self.keys.due, self.keys.intents)):
+            return False
         self._event({"type": "order", "order_id": order_id, "state": FAILED,
                      "error_code": getattr(error, "code", ""), "at": now_iso()})
+        return True
+
+    def mark_in_doubt(self, order_id: str, error: Exception | None) -> bool:
+        """Still in doubt past MOBYT_DOUBT_LIMIT: never sent again automatically; True on the change."""
+        if not self._set_if_state(order_id, {SENDING, UNSENT}, IN_DOUBT, error, when={"doubt": "1"}):
+            return False
+        self._event({"type": "order", "order_id": order_id, "state": IN_DOUBT, "at": now_iso()})
+        return True
+
+    def allow_resend(self, order_id: str) -> OrderRecord:
+        """An operator accepts a possible duplicate: the doubt is lifted by decision, not
+        evidence, so the next send task sends. Tracked (``resends``, an event)."""
+        record = self.require_order(order_id)
+        if record.state not in UNSETTLED or self.redis.exists(self.keys.send_lock(order_id)):
+            raise OrderNotResendable(order_id, f"it is {record.state}" + (", an attempt is in flight"
+                                                                         if record.state in UNSETTLED else ""))
+        if not self._set_if_state(order_id, set(UNSETTLED), UNSENT, None, doubt=0):
+            raise OrderNotResendable(order_id, "it changed meanwhile")
+        self.redis.hincrby(self.keys.order(order_id), "resends", 1)
+        self._event({"type": "order", "order_id": order_id, "state": "resend", "previous": record.state,
+                     "at": now_iso()})
+        return self.require_order(order_id)
+
+    def defer(self, order_id: str, at: float) -> None:
+        """Next look at the order by the due-set poller."""
+        self.redis.zadd(self.keys.due, {order_id: at})
+
+    def forget_due(self, order_id: str) -> None:
+        self.redis.zrem(self.keys.due, order_id)
 
     def note_error(self, order_id: str, error: Exception) -> None:
         """Keep the last transient error on the record for operators."""
         self.redis.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], _error_fields(error)))
 
-    def _set_if_state(self, order_id: str, allowed: set[str], state: str, error: Exception, **more: Any) -> None:
+    def _set_if_state(self, order_id: str, allowed: set[str], state: str, error: Exception | None, *,
+                      when: dict[str, str] | None = None, lock: tuple[str, str] | None = None,
+                      drop: Sequence[str] = (), **more: Any) -> bool:
+        """Change the state if it is in ``allowed`` (and the fields in ``when`` match, and
+        ``lock`` holds its token): one optimistic transaction. True if it changed."""
         key = self.keys.order(order_id)
+        changed = False
 
         def update(pipe: redis.client.Pipeline) -> None:
-            if pipe.hget(key, "state") in allowed:
+            nonlocal changed
+            changed = pipe.hget(key, "state") in allowed and all(pipe.hget(key, k) == v for k, v in (when or {}).items())
+            if changed and lock is not None:
+                changed = pipe.get(lock[0]) == lock[1]
+            if changed:
                 pipe.multi()
-                pipe.hset(key, mapping=cast(Mapping[Any, Any], {"state": state, **_error_fields(error), **more}))
+                fields = {"state": state, **(_error_fields(error) if error is not None else {}), **more}
+                pipe.hset(key, mapping=cast(Mapping[Any, Any], fields))
+                for zset in drop:
+                    pipe.zrem(zset, order_id)
 
-        self.redis.transaction(update, key)
+        self.redis.transaction(update, *([key, lock[0]] if lock else [key]))
+        return changed
 
     # --- statuses --------------------------------------------------------------------
 
@@ -430,7 +528,7 @@ class OrderStore:
         name when the order is missing or closed (``missing``, ``cancelled``...)."""
         now = time.time() if now is None else now
         payload = [  # the script maps the provider's spelling of each number onto ours
-            [r.recipient, r.status.value, r.delivered_at.isoformat() if r.delivered_at else "",
+            [r.recipient, r.label, r.delivered_at.isoformat() if r.delivered_at else "",
              1 if r.status.is_final else 0]
             for r in rows
         ]
@@ -528,7 +626,8 @@ class OrderStore:
 
 
 def _error_fields(error: Exception) -> dict[str, str]:
-    return {"error_code": str(getattr(error, "code", "") or ""), "error": f"{type(error).__name__}: {error}"[:500]}
+    return {"error_code": str(getattr(error, "code", "") or "")[:40],
+            "error": scrub(f"{type(error).__name__}: {error}", ())}
 
 
 def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> OrderRecord:
@@ -537,6 +636,9 @@ def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> Or
 
     def opt_int(name: str) -> int | None:
         return int(raw[name]) if raw.get(name) not in (None, "") else None
+
+    def opt_float(name: str) -> float | None:
+        return float(raw[name]) if raw.get(name) not in (None, "") else None
 
     recipients = {}
     for number, value in rcpt.items():
@@ -551,6 +653,8 @@ def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> Or
         accepted_at=opt("accepted_at"), recipients=recipients, polls=int(raw.get("polls") or 0),
         final=raw.get("final") == "1", cancelled=raw.get("cancelled") == "1", credits=opt_int("credits"),
         parts=opt_int("parts"), batch_id=opt("batch_id"), task_id=opt("task_id"),
-        attempts=int(raw.get("attempts") or 0), error_code=opt("error_code"), error=opt("error"),
+        attempts=int(raw.get("attempts") or 0), doubt=raw.get("doubt") == "1",
+        doubt_since=opt_float("doubt_since"), ambiguous_at=opt_float("ambiguous_at"), request=opt("request"),
+        error_code=opt("error_code"), error=opt("error"),
         history=[json.loads(h) for h in history],
     )

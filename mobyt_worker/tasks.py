@@ -9,7 +9,9 @@ asking SMSSTATUS, never by sending again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import random
 import re
@@ -20,7 +22,7 @@ from typing import Any, cast
 
 from celery import Task
 
-from . import sms
+from . import doubt, sms
 from .errors import (
     InvalidInput,
     OrderNotCancellable,
@@ -28,14 +30,26 @@ from .errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from .protocol import RecipientStatus
 from .runtime import Runtime
-from .store import CANCELLED, FAILED, OPEN_STATES, SCHEDULED, SENDING, UNSENT
+from .store import (
+    CANCELLED,
+    FAILED,
+    IN_DOUBT,
+    OPEN_STATES,
+    QUEUED,
+    SCHEDULED,
+    SENDING,
+    UNSENT,
+    UNSETTLED,
+    OrderRecord,
+)
 from .worker import QUEUE, app
 
 log = logging.getLogger(__name__)
 
 SEND_MAX_RETRIES = 12
+#: Longest wait for a rate-limit slot inside a task; a later slot is waited for in the queue.
+RATE_WAIT_IN_TASK = 3.0
 
 
 def _runtime() -> Runtime:
@@ -43,9 +57,10 @@ def _runtime() -> Runtime:
 
 
 def _backoff(retries: int, cap: float, base: float = 1.0) -> float:
-    """Exponential backoff with full jitter (between half and all of the step)."""
+    """Exponential backoff with full jitter: uniform between 0 and the step (the AWS
+    formula; Celery's own rounds to whole seconds, too coarse for sub-second caps)."""
     step = min(cap, base * 2 ** retries)
-    return random.uniform(step / 2, step)
+    return random.uniform(0, step)
 
 
 def order_id_for_task(task_id: str) -> str:
@@ -82,19 +97,24 @@ def send_sms(
 ) -> dict[str, Any]:
     rt = _runtime()
     s = rt.settings
-    request = sms.build_send_request(
-        recipients=recipients, message=message,
-        message_type=message_type or s.default_message_type,
-        sender=sender if sender is not None else s.default_sender,
-        scheduled_at=scheduled_at, order_id=order_id or order_id_for_task(self.request.id),
-        return_credits=return_credits, country=s.country, tz=s.timezone, now=datetime.now(timezone.utc),
-        non_gsm=s.non_gsm,
-    )
-    order_id = cast(str, request.order_id)  # fixed before the first attempt, kept by every retry
-    if len(request.recipients) > s.bulk_chunk_size:
-        rt.optouts.check(request.recipients)  # STOP is honoured before any HTTP call
-        return _split_bulk(self, request, batch_id=order_id)
-    return _send_once(self, request, order_id, batch_id)  # its claim honours STOP
+    order_id = order_id or order_id_for_task(self.request.id)  # fixed before the first attempt, kept by every retry
+    try:
+        request = sms.build_send_request(
+            recipients=recipients, message=message,
+            message_type=message_type or s.default_message_type,
+            sender=sender if sender is not None else s.default_sender,
+            scheduled_at=scheduled_at, order_id=order_id,
+            return_credits=return_credits, country=s.country, tz=s.timezone, now=datetime.now(timezone.utc),
+            non_gsm=s.non_gsm,
+        )
+        if len(request.recipients) > s.bulk_chunk_size:
+            rt.optouts.check(request.recipients)  # STOP is honoured before any HTTP call
+            return _split_bulk(self, request, batch_id=order_id)
+        return _send_once(self, request, order_id, batch_id)  # its claim honours STOP
+    except InvalidInput as exc:  # (and RecipientOptedOut): a replayed intent could never be valid either
+        if isinstance(order_id, str) and re.fullmatch(r"[A-Za-z0-9]{1,32}", order_id):
+            rt.store.mark_failed(order_id, exc, allowed=(QUEUED,))
+        raise
 
 
 def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str, Any]:
@@ -118,6 +138,13 @@ def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str
             "recipients": len(request.recipients), "credits": request.credits, "status": "batched"}
 
 
+def _lock_seconds() -> float:
+    """The send lock outlives one HTTP attempt (connect + read timeouts) and no more, so a
+    SIGKILLed holder delays the redelivered task by seconds, not minutes."""
+    s = _runtime().settings
+    return s.connect_timeout + s.read_timeout + 5
+
+
 def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: str | None) -> dict[str, Any]:
     rt = _runtime()
     store, s = rt.store, rt.settings
@@ -125,30 +152,34 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
         "message_type": request.message_type, "sender": request.sender, "batch_id": batch_id,
         "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
         "parts": request.length.parts, "credits": request.credits, "task_id": task.request.id,
-        "recipient_count": len(request.recipients),
+        "recipient_count": len(request.recipients), "request": json.dumps(_request_kwargs(request, batch_id)),
     }
-    # The lock outlives one HTTP attempt (connect + read timeouts) and no more, so a
-    # SIGKILLed holder delays the redelivered task by seconds, not minutes.
-    lock_seconds = s.connect_timeout + s.read_timeout + 5
     if rt.send_limiter is not None:  # wait for a slot before taking the lock, not while holding it
         rt.optouts.check(request.recipients)  # (and spend no slot on a send STOP refuses)
-        try:
-            rt.send_limiter.acquire(timeout=s.task_time_limit)
-        except TimeoutError as exc:  # the backlog is longer than one task may wait: queue again
-            raise task.retry(exc=exc, countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
+        wait = rt.send_limiter.reserve(max_wait=min(RATE_WAIT_IN_TASK, s.task_time_limit))
+        if wait > 0:  # the slot is further away than a task may sleep: queue again for it
+            log.info("order %s: send rate limit, no slot in time: queued again in %.2fs", order_id, wait)
+            raise task.retry(countdown=wait, max_retries=None)
     # STOP is honoured before any HTTP call: the claim checks the opt-outs in its round trip.
-    verdict, state, token = store.claim_send(order_id, meta, lock_seconds=lock_seconds,
-                                             optout_key=rt.optouts.key, recipients=request.recipients)
+    claim = functools.partial(store.claim_send, order_id, meta, lock_seconds=_lock_seconds(),
+                              due_at=time.time() + _lock_seconds() + s.doubt_grace,
+                              scheduled_epoch=request.scheduled_at.timestamp() if request.scheduled_at else None)
+    verdict, state, token = claim(optout_key=rt.optouts.key, recipients=request.recipients)
     if verdict == "optout":
         rt.optouts.check(request.recipients)  # raises RecipientOptedOut naming the (masked) numbers
-        verdict, state, token = store.claim_send(order_id, meta, lock_seconds=lock_seconds)  # cleared since
+        verdict, state, token = claim()  # cleared since
     if verdict == "busy":
         raise task.retry(countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
     if verdict == "done":
         return _send_result(order_id, request, state)
     try:
-        if verdict == "resolve" and _already_accepted(order_id, request):
-            return _send_result(order_id, request, store.require_order(order_id).state)
+        if verdict == "resolve":
+            settled = _resolve_for_send(task, request, order_id, state, token)
+            if settled is not None:
+                return settled
+            verdict, state, token = claim(token=token)  # absent: send
+            if verdict != "send":
+                return _send_result(order_id, request, state)
         result = _attempt(task, request, order_id, token)
         token = ""  # the acceptance released the lock in the same round trip
         return result
@@ -157,47 +188,89 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
             store.release_send(order_id, token)
 
 
-def _provider_rows(order_id: str) -> list[RecipientStatus]:
-    """SMSSTATUS for an order whose fate is in doubt; a refusal means the provider does
-    not know it (the seed documents no KO codes, so any KO counts), hence no rows."""
-    try:
-        return _runtime().client.sms_status(order_id)
-    except ProviderRejected:
-        return []
+def _request_kwargs(request: sms.SendRequest, batch_id: str | None) -> dict[str, Any]:
+    """The send's task kwargs, for an operator's explicit resend (never a secret)."""
+    return {"recipients": list(request.recipients), "message": request.message, "message_type": request.message_type,
+            "sender": request.sender, "order_id": request.order_id, "return_credits": request.return_credits,
+            "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None, "batch_id": batch_id}
 
 
-def _already_accepted(order_id: str, request: sms.SendRequest) -> bool:
-    """Resolve an attempt whose outcome is unknown: did the provider get it?"""
+def _resolve_for_send(task: Task, request: sms.SendRequest, order_id: str, state: str,
+                      token: str) -> dict[str, Any] | None:
+    """An earlier attempt may have reached the provider: settle it on evidence. Returns the
+    task's result, or None when the provider cleanly shows it never got the order (the
+    caller then sends); raises a retry while the evidence is unclear."""
     rt = _runtime()
-    rows = _provider_rows(order_id)
-    if not rows:  # the provider does not know this order: it was never accepted
-        rt.store.mark_unsent(order_id, ProviderRejected("not known to the provider after an ambiguous attempt"))
-        return False
-    log.info("order %s: earlier ambiguous attempt was accepted by the provider", order_id)
-    _record_acceptance(request, order_id, credits=None)
-    rt.record_statuses(order_id, rows, source="poll")
-    return True
+    store = rt.store
+    record = store.require_order(order_id)
+    evidence = doubt.gather(rt.client, rt.settings, record)
+    rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
+    if evidence.verdict == doubt.ACCEPTED:
+        log.info("order %s: an earlier attempt was accepted by the provider; not sent again", order_id)
+        state = _record_acceptance(request, order_id, credits=None)
+        if evidence.rows:
+            rt.record_statuses(order_id, evidence.rows, source="poll")
+        return _send_result(order_id, request, state)
+    if evidence.verdict == doubt.ABSENT:
+        if state == IN_DOUBT:  # never sent again automatically, even on evidence
+            store.mark_failed(order_id, _absent_error(), allowed=(IN_DOUBT,))
+            return _send_result(order_id, request, FAILED)
+        log.info("order %s: the provider cleanly shows no earlier attempt; sending", order_id)
+        return None if store.end_doubt(order_id, token) else _send_result(order_id, request, record.state)
+    if state == IN_DOUBT:
+        return _send_result(order_id, request, IN_DOUBT)
+    countdown = max(_backoff(task.request.retries, rt.settings.send_retry_max),
+                    evidence.ask_after - time.time())
+    _still_in_doubt(record, evidence, next_check=time.time() + countdown + _lock_seconds() + rt.settings.doubt_grace)
+    if task.request.retries >= SEND_MAX_RETRIES:  # the due-set poller keeps asking
+        return _send_result(order_id, request, store.require_order(order_id).state)
+    log.warning("order %s: still in doubt (%s), asking again in %.1fs", order_id,
+                evidence.error or "grace period", countdown)
+    raise task.retry(countdown=countdown)
 
 
-def _attempt(task: Task, request: sms.SendRequest, order_id: str, lock_token: str = "") -> dict[str, Any]:
+def _absent_error() -> ProviderRejected:
+    return ProviderRejected("the provider shows no such order after every attempt: nothing was billed")
+
+
+def _still_in_doubt(record: OrderRecord, evidence: doubt.Evidence, next_check: float) -> None:
+    """Unclear evidence: look again at ``next_check``; past MOBYT_DOUBT_LIMIT the order is
+    ``in_doubt`` (an event, a WARNING, a metric) and is then checked at the slowest pace."""
+    rt = _runtime()
+    store, s = rt.store, rt.settings
+    since = record.doubt_since or time.time()
+    error = evidence.error or ProviderUnavailable("no evidence yet: within the grace period")
+    if record.state == IN_DOUBT or time.time() - since > s.doubt_limit:
+        if store.mark_in_doubt(record.order_id, error):
+            rt.metrics.inc("orders_in_doubt")
+            log.warning("order %s is in_doubt: an attempt may have reached the provider and no read settled it "
+                        "in %.0fs; it will not be sent again automatically (mobyt resend --help)",
+                        record.order_id, time.time() - since)
+        next_check = max(next_check, time.time() + s.poll_intervals[-1])
+    store.note_error(record.order_id, error)
+    store.defer(record.order_id, next_check)
+
+
+def _attempt(task: Task, request: sms.SendRequest, order_id: str, lock_token: str) -> dict[str, Any]:
     rt = _runtime()
     store, s = rt.store, rt.settings
     try:
         receipt = rt.client.send_sms(request)
-    except ProviderRejected as exc:
+    except ProviderRejected as exc:  # a KO or a 4xx: the provider refused it, nothing billed
         store.mark_failed(order_id, exc)
         log.warning("order %s refused by the provider: %s", order_id, exc)
         raise
     except ProviderUnavailable as exc:
-        if exc.ambiguous:
-            store.note_error(order_id, exc)  # stays 'sending': the next try asks SMSSTATUS first
+        countdown = max(_backoff(task.request.retries, s.send_retry_max), getattr(exc, "retry_after", None) or 0.0)
+        next_check = time.time() + countdown + _lock_seconds() + s.doubt_grace
+        if exc.ambiguous:  # stays in doubt: the next try, or the poller, asks for evidence first
+            store.note_ambiguous(order_id, exc, next_check)
         else:
-            store.mark_unsent(order_id, exc)
+            store.mark_unsent(order_id, exc, lock_token)
+            store.defer(order_id, next_check)
         log.warning("order %s: transient failure (%s), retry %d", order_id, type(exc).__name__,
                     task.request.retries + 1)
-        if task.request.retries >= SEND_MAX_RETRIES:
-            store.reschedule_poll(order_id, s.poll_intervals[0])  # the poller settles it
-        raise task.retry(exc=exc, countdown=_backoff(task.request.retries, s.send_retry_max))
+        raise task.retry(exc=exc, countdown=countdown)  # past the last retry, the poller settles it
     credits = receipt.count if request.return_credits else None
     state = _record_acceptance(request, order_id, credits=credits, lock_token=lock_token)
     return _send_result(order_id, request, state, credits=credits)
@@ -218,7 +291,8 @@ def _send_result(order_id: str, request: sms.SendRequest, state: str, credits: i
     if state == FAILED:
         record = _runtime().store.require_order(order_id)
         raise ProviderRejected(f"order {order_id} was refused earlier: {record.error or ''}", record.error_code or "")
-    status = {SCHEDULED: "scheduled", CANCELLED: "cancelled"}.get(state, "accepted")
+    status = {SCHEDULED: "scheduled", CANCELLED: "cancelled", IN_DOUBT: IN_DOUBT, SENDING: IN_DOUBT,
+              UNSENT: IN_DOUBT}.get(state, "accepted")
     return {"order_id": order_id, "recipients": list(request.recipients),
             "credits": credits if credits is not None else request.credits, "status": status}
 
@@ -243,11 +317,17 @@ def poll_status(order_id: str) -> dict[str, Any]:
     """One status check of one order; returns the order record."""
     rt = _runtime()
     store = rt.store
-    record = store.require_order(order_id)
-    if record.state in (SENDING, UNSENT):
-        _settle_unfinished_send(order_id, record.state)
+    record = store.get_order(order_id)
+    if record is None:  # expired or deleted: nothing to follow, and nothing to claim again
+        store.forget_due(order_id)
+        log.info("order %s: due for a poll but its record is gone; dropped from the due set", order_id)
+        return {"order_id": order_id, "state": "missing"}
+    if record.state in UNSETTLED:
+        _settle_unfinished_send(record)
     elif record.state in OPEN_STATES:
         created = datetime.fromisoformat(record.created_at).timestamp()
+        if record.scheduled_at:
+            created = max(created, datetime.fromisoformat(record.scheduled_at).timestamp())
         if time.time() - created > rt.settings.order_ttl:
             store.expire_order(order_id)
         else:
@@ -261,21 +341,41 @@ def poll_status(order_id: str) -> dict[str, Any]:
     return store.require_order(order_id).to_dict()
 
 
-def _settle_unfinished_send(order_id: str, state: str) -> None:
-    """A send whose task gave up: accepted if the provider knows it, else failed (not billed)."""
+def _settle_unfinished_send(record: OrderRecord) -> None:
+    """A send no task is finishing: accepted on evidence that the provider has it, failed
+    (nothing billed) on evidence that it does not or that no attempt ever reached it, and
+    otherwise still in doubt, asked again later. Never sends."""
     rt = _runtime()
-    if rt.redis.exists(rt.store.keys.send_lock(order_id)):
-        rt.store.reschedule_poll(order_id, rt.settings.poll_intervals[0])
+    store, order_id = rt.store, record.order_id
+    lock_ms = rt.redis.pttl(store.keys.send_lock(order_id))
+    if lock_ms > 0 or lock_ms == -1:  # an attempt is in flight: look after it
+        store.defer(order_id, time.time() + max(lock_ms, 0) / 1000 + rt.settings.doubt_grace + 0.1)
         return
-    rows = _provider_rows(order_id) if state == SENDING else []
-    if rows:
-        record = rt.store.require_order(order_id)
-        rt.store.mark_accepted(order_id, scheduled=False, recipients=[r.recipient for r in rows],
-                               first_poll_at=time.time())
-        rt.record_statuses(order_id, rows, source="poll")
-        log.info("order %s: settled as accepted (was %s, %d attempts)", order_id, state, record.attempts)
+    if not record.doubt and record.state == UNSENT:
+        store.mark_failed(order_id, ProviderRejected("the send could not be completed; nothing was billed"))
+        return
+    evidence = doubt.gather(rt.client, rt.settings, record)
+    rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
+    if evidence.verdict == doubt.ACCEPTED:
+        recipients = [r.recipient for r in evidence.rows] or _stored_recipients(record)
+        store.mark_accepted(order_id, scheduled=False, recipients=recipients, first_poll_at=time.time())
+        if evidence.rows:
+            rt.record_statuses(order_id, evidence.rows, source="poll")
+        log.info("order %s: settled as accepted (was %s, %d attempts)", order_id, record.state, record.attempts)
+    elif evidence.verdict == doubt.ABSENT:
+        store.mark_failed(order_id, _absent_error(), allowed=UNSETTLED)
     else:
-        rt.store.mark_failed(order_id, ProviderRejected("the send could not be completed; nothing was billed"))
+        intervals = rt.settings.poll_intervals
+        pause = intervals[min(record.polls, len(intervals) - 1)]
+        rt.redis.hincrby(store.keys.order(order_id), "polls", 1)
+        _still_in_doubt(record, evidence, next_check=max(time.time() + pause, evidence.ask_after))
+
+
+def _stored_recipients(record: OrderRecord) -> list[str]:
+    try:
+        return list(json.loads(record.request or "{}").get("recipients") or [])
+    except ValueError:
+        return []
 
 
 # --- cancel and history ---------------------------------------------------------------------
@@ -295,14 +395,26 @@ def cancel(order_id: str) -> dict[str, Any]:
         raise OrderNotCancellable(order_id, f"its scheduled time {record.scheduled_at} has passed")
     try:
         rt.client.remove_delayed(order_id)
-    except ProviderRejected:
+    except ProviderRejected as refused:
         # REMOVE_DELAYED is retried on transient errors; if an earlier try was applied and
-        # its answer lost, the retry is refused. The provider forgetting the order says so.
-        if _provider_rows(order_id):
+        # its answer lost, the retry is refused. Cancelled only if the provider then cleanly
+        # shows the order gone; any other answer leaves it scheduled (and followed).
+        if not _cleanly_gone(order_id):
             raise
-        log.info("order %s: REMOVE_DELAYED refused but the order is gone: cancelled", order_id)
+        log.info("order %s: REMOVE_DELAYED refused (%s) but the order is gone: cancelled", order_id, refused.code)
     rt.store.mark_cancelled(order_id)
     return rt.store.require_order(order_id).to_dict()
+
+
+def _cleanly_gone(order_id: str) -> bool:
+    """SMSSTATUS answered OK without rows, or with a KO configured to mean "unknown order"."""
+    rt = _runtime()
+    try:
+        return not rt.client.sms_status(order_id)
+    except ProviderRejected as exc:
+        return exc.code in rt.settings.order_unknown_codes
+    except ProviderUnavailable:
+        return False
 
 
 @app.task(name="mobyt.sms_history", bind=True, throws=EXPECTED)

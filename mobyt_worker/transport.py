@@ -40,6 +40,7 @@ HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "m
 class HttpResponse:
     status: int
     text: str
+    retry_after: float | None = None  # seconds, from a ``Retry-After`` header in seconds
 
 
 class Transport(Protocol):
@@ -135,7 +136,8 @@ class HttpTransport:
             sock.close()
         else:
             self._checkin(route, sock)
-        return HttpResponse(answer.status, text.decode("utf-8", errors="replace"))  # the seed says UTF-8
+        return HttpResponse(answer.status, text.decode("utf-8", errors="replace"),  # the seed says UTF-8
+                            _seconds(answer.getheader("Retry-After")))
 
     def _connect(self, route: Route, timeout: tuple[float, float]) -> socket.socket:
         """A new connection, open and ready; a failure here means nothing was sent."""
@@ -194,6 +196,14 @@ class HttpTransport:
             if self._pid == os.getpid():
                 for sock in (s for stack in idle.values() for s in stack):
                     sock.close()
+
+
+def _seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` in seconds (the HTTP-date form is not used by a rate limiter)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

@@ -31,14 +31,25 @@ def accept(store: OrderStore, oid: str = "O1", recipients=(A, B)) -> None:
 
 
 def test_claim_verdicts_follow_the_order_state(store):
-    verdict, state, token = store.claim_send("O1", {"message_type": "N"}, lock_seconds=5)
+    verdict, state, token = store.claim_send("O1", {"message_type": "N"}, lock_seconds=5, due_at=123)
     assert (verdict, state) == ("send", "sending")
+    assert store.redis.zscore(store.keys.due, "O1") == 123  # due before any HTTP call: a kill is settled
     assert store.claim_send("O1", {}, lock_seconds=5)[0] == "busy"  # lock held
     store.release_send("O1", token)
     # the attempt's outcome is unknown (no accept, no unsent): the next claim must resolve
-    verdict, _, token = store.claim_send("O1", {}, lock_seconds=5)
+    verdict, _, token2 = store.claim_send("O1", {}, lock_seconds=5)
     assert verdict == "resolve"
-    store.mark_unsent("O1", ProviderConnectError("refused"))
+    store.mark_unsent("O1", ProviderConnectError("refused"), token2)  # not this attempt's token: ignored
+    assert store.get_order("O1").doubt
+    store.release_send("O1", token2)
+    assert store.claim_send("O1", {}, lock_seconds=5)[0] == "resolve"
+    store.redis.delete(store.keys.send_lock("O1"))
+    verdict, _, token = store.claim_send("O1", {}, lock_seconds=5)
+    assert store.end_doubt("O1", token)  # clean evidence of absence, with the lock held
+    verdict, _, token = store.claim_send("O1", {}, lock_seconds=5, token=token)
+    assert verdict == "send"
+    store.mark_unsent("O1", ProviderConnectError("refused"), token)  # surely never left
+    assert not store.get_order("O1").doubt and store.get_order("O1").state == "unsent"
     store.release_send("O1", token)
     verdict, _, token = store.claim_send("O1", {}, lock_seconds=5)
     assert verdict == "send"
@@ -46,7 +57,49 @@ def test_claim_verdicts_follow_the_order_state(store):
     store.release_send("O1", token)
     assert store.claim_send("O1", {}, lock_seconds=5)[:2] == ("done", "accepted")
     record = store.get_order("O1")
-    assert record.attempts == 2 and record.state == "accepted" and list(record.recipients) == [A]
+    assert record.attempts == 3 and record.state == "accepted" and list(record.recipients) == [A]
+    assert not record.doubt
+
+
+def test_doubt_survives_unsent_and_in_doubt_still_resolves(store):
+    _, _, token = store.claim_send("D1", {"message_type": "N"}, lock_seconds=5)
+    store.release_send("D1", token)  # may have reached the provider
+    assert store.end_doubt("D1", "not-the-lock-holder") is False
+    store.redis.hset(store.keys.order("D1"), "state", "unsent")  # whatever the state says...
+    assert store.claim_send("D1", {}, lock_seconds=5)[0] == "resolve"  # ...the doubt decides
+    store.redis.delete(store.keys.send_lock("D1"))
+    assert store.mark_in_doubt("D1", ProviderConnectError("x")) is True
+    assert store.mark_in_doubt("D1", ProviderConnectError("x")) is False  # one event per change
+    assert store.claim_send("D1", {}, lock_seconds=5)[:2] == ("resolve", "in_doubt")
+    events = [e for _, e in store.redis.xrange(store.keys.events) if e.get("state") == "in_doubt"]
+    assert len(events) == 1
+
+
+def test_a_queued_intent_is_claimed_like_a_missing_record(store):
+    store.redis.hset(store.keys.order("Q1"), mapping={"state": "queued", "order_id": "Q1",
+                                                     "created_at": "2026-01-01T00:00:00+00:00", "request": "{}"})
+    store.redis.zadd(store.keys.intents, {"Q1": 1})
+    verdict, state, _ = store.claim_send("Q1", {"message_type": "N"}, lock_seconds=5)
+    assert (verdict, state) == ("send", "sending")
+    record = store.get_order("Q1")
+    assert record.created_at == "2026-01-01T00:00:00+00:00" and record.attempts == 1 and record.doubt
+    assert store.redis.zscore(store.keys.intents, "Q1") is None
+    store.redis.hset(store.keys.order("Q2"), mapping={"state": "queued", "order_id": "Q2"})
+    store.redis.zadd(store.keys.intents, {"Q2": 1})
+    assert store.mark_failed("Q2", ProviderRejected("x"), allowed=("queued",))
+    assert store.get_order("Q2").state == "failed" and store.redis.zcard(store.keys.intents) == 0
+
+
+def test_a_scheduled_order_is_kept_until_its_time_plus_the_ttl(store):
+    import time as _time
+
+    later = _time.time() + 3 * 3600  # the store's TTL is 1 h
+    _, _, token = store.claim_send("S9", {"message_type": "N"}, lock_seconds=5, scheduled_epoch=later)
+    assert store.redis.ttl(store.keys.order("S9")) > 3 * 3600
+    store.mark_accepted("S9", scheduled=True, recipients=[A], first_poll_at=later + 10, release_token=token)
+    assert store.redis.ttl(store.keys.order("S9")) > 3 * 3600
+    store.apply_statuses("S9", [RecipientStatus(A, Status.SCHEDULED, None)], source="push")
+    assert store.redis.ttl(store.keys.order("S9")) > 3 * 3600
 
 
 def test_failed_send_is_terminal(store):
