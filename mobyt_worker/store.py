@@ -11,6 +11,7 @@ key                                   type    content
 ``P:order:{order_id}:lock``           string  send lock: one attempt in flight per order
 ``P:orders``                          zset    order_id scored by creation time (recent orders)
 ``P:poll:due``                        zset    order_id scored by when its next status poll is due
+``P:intents``                         zset    queued order_id scored by when to replay its task
 ``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
 ``P:events``                          stream  status changes and order events (see README)
 ====================================  ======  ==================================================
@@ -138,6 +139,7 @@ class Keys:
         self.prefix = prefix
         self.orders = f"{prefix}:orders"
         self.due = f"{prefix}:poll:due"
+        self.intents = f"{prefix}:intents"
         self.events = f"{prefix}:events"
         self.inbox_message_prefix = f"{prefix}:inbox:msg:"
         self.inbox_ids = f"{prefix}:inbox:ids"
@@ -192,7 +194,7 @@ end
 local holder = redis.call('GET', lock)
 if holder and holder ~= token then return {'busy', redis.call('HGET', order, 'state') or ''} end
 local state = redis.call('HGET', order, 'state')
-if not state then
+if not state or state == 'queued' then  -- queued: an intent the producer wrote
   redis.call('HSET', order, unpack(cjson.decode(ARGV[5])))
   redis.call('HSET', order, 'state', 'sending', 'attempts', 1, 'attempt_token', token)
   redis.call('EXPIRE', order, ttl)
