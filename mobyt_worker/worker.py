@@ -20,7 +20,7 @@ from celery.signals import (
     task_success,
 )
 
-from . import affinity, broker, logs
+from . import affinity, broker, kombu_fix, logs
 from .config import Settings
 from .producer import attach_intents
 from .runtime import Runtime
@@ -31,6 +31,7 @@ QUEUE = broker.QUEUE
 
 
 def create_app(settings: Settings) -> Celery:
+    kombu_fix.apply()  # a channel closed while Redis restarts must not stop the worker
     app = Celery("mobyt", include=["mobyt_worker.tasks"])
     vt = settings.visibility_timeout
     app.conf.update(
