@@ -108,7 +108,7 @@ def send_sms(
     if message_type is not None:
         sms.validate_message_type(message_type)
     sms.build_send_request(  # 'L' needs no sender: the workers may fill in their default
-        recipients=recipients, message=message, message_type="L" if sender is None else message_type or "L",
+        recipients=recipients if isinstance(recipients, str) else list(recipients), message=message, message_type="L" if sender is None else message_type or "L",
         sender=sender,
         scheduled_at=scheduled_at, order_id=order_id, return_credits=return_credits, country=country,
         tz=ZoneInfo("Europe/Paris"), now=datetime.now(timezone.utc),
