@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test redis-server bench
+.PHONY: demo test install install-test redis-server rabbitmq bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,18 @@ redis-server:
 	@command -v redis-server >/dev/null || { echo "redis-server not found: installing it with apt-get"; \
 		(apt-get update -qq && apt-get install -y -qq redis-server) || { echo "cannot install redis-server" >&2; exit 1; }; }
 
+# The RabbitMQ broker tests use the local server when it is installed (skipped otherwise).
+rabbitmq:
+	@if command -v rabbitmq-server >/dev/null && ! rabbitmqctl -q status >/dev/null 2>&1; then \
+		echo "starting rabbitmq-server"; \
+		(service rabbitmq-server start >/dev/null 2>&1 || rabbitmq-server -detached) && \
+		timeout 90 rabbitmqctl -q await_startup >/dev/null 2>&1 || echo "rabbitmq-server did not start: its tests are skipped"; \
+	fi
+
 demo: install redis-server
 	$(BIN)/mobyt demo
 
-test: install-test
+test: install-test rabbitmq
 	$(BIN)/pytest
 
 # Figures of the README's performance section (about 6 minutes; redis-server as for the tests)
@@ -34,3 +42,7 @@ bench: install-test
 	$(BIN)/python bench/send_steps.py
 	$(BIN)/python bench/tracking_scale.py
 	$(BIN)/python bench/rate_limit.py
+
+# The soak at full size: every fault scenario, one line each (see README, reliability)
+soak: install-test rabbitmq
+	$(BIN)/python bench/soak.py

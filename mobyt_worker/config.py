@@ -108,6 +108,8 @@ class Settings:
     api_rate_limit: int = 600
     heartbeat_interval: float = 10.0
     ready_provider_age: float = 900.0
+    broker_url: str | None = None  # None: the Redis of REDIS_URL is the broker too
+    replay_after: float = 120.0
 
     def url_for(self, function: str) -> str:
         return self.base_url.rstrip("/") + self.paths[function]
@@ -195,6 +197,8 @@ class Settings:
             api_rate_limit=get("MOBYT_API_RATE_LIMIT", _non_negative(int), d.api_rate_limit),
             heartbeat_interval=get("MOBYT_HEARTBEAT_INTERVAL", _positive(float), d.heartbeat_interval),
             ready_provider_age=get("MOBYT_READY_PROVIDER_AGE", _positive(float), d.ready_provider_age),
+            broker_url=get("MOBYT_BROKER_URL", _broker_url, d.broker_url),
+            replay_after=get("MOBYT_REPLAY_AFTER", _positive(float), d.replay_after),
         )
 
     def require_credentials(self) -> None:
@@ -205,8 +209,17 @@ class Settings:
             raise ConfigError("MOBYT_PASSWORD", "is required to call the provider")
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "paths")
+        shown = ", ".join(f"{f.name}={_masked(getattr(self, f.name))!r}" for f in fields(self) if f.name != "paths")
         return f"Settings({shown})"
+
+
+def _masked(value: object) -> object:
+    """A URL's password (a broker's ``amqp://user:pw@host``) as ``***``."""
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            return value.replace(f":{parts.password}@", ":***@", 1)
+    return value
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
@@ -293,6 +306,18 @@ def _path(name: str) -> Callable[[str], str]:
 def _redis_url(raw: str) -> str:
     if urlsplit(raw).scheme not in ("redis", "rediss", "unix", "sentinel"):
         raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+    return raw
+
+
+def _broker_url(raw: str) -> str:
+    """RabbitMQ (``amqp://``, ``amqps://``) or a Redis URL; credentials stay out of ``repr``."""
+    parts = urlsplit(raw)
+    if parts.scheme in ("amqp", "amqps"):
+        if not parts.hostname:
+            raise ValueError("must name a host: amqp://user:password@host:5672/vhost")
+        return raw
+    if parts.scheme not in ("redis", "rediss", "unix", "sentinel"):
+        raise ValueError("must be an amqp://, amqps://, redis://, rediss://, unix:// or sentinel:// URL")
     return raw
 
 

@@ -40,6 +40,7 @@ metric                                        type       labels
 ``mobyt_provider_requests_total``             counter    function, outcome (ok, rejected,
                                                          or the error class)
 ``mobyt_provider_request_seconds``            histogram  function
+``mobyt_intents_replayed_total``               counter    -
 ``mobyt_credits_available``                   gauge      type, nation (empty for abroad)
 ``mobyt_orders_due``                          gauge      -
 ``mobyt_inbox_messages_stored``               gauge      -
@@ -87,6 +88,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "inbox_messages": ("counter", "Inbound SMS stored for the first time, by source", ("source",)),
     "provider_requests": ("counter", "HTTP requests to the provider, by function and outcome", ("function", "outcome")),
     "provider_request_seconds": ("histogram", "HTTP latency to the provider, by function", ("function",)),
+    "intents_replayed": ("counter", "Queued sends published again by mobyt.replay_intents", ()),
 }
 
 #: What the result of a task says about the send (``mobyt.send_sms`` only).

@@ -1,17 +1,20 @@
 """Enqueue sends from any Python service, by task name, without the worker's code.
 
-Only Celery and the broker URL are needed; nothing here reads the worker's settings or
-credentials. The ``order_id`` is fixed here, before the task is enqueued, so the caller
-knows it at once and every retry or redelivery of the task refers to the same order::
+Celery, the broker URL and the tracking Redis are needed; nothing here reads the worker's
+settings or credentials. The ``order_id`` is fixed here, before the task is enqueued, so the
+caller knows it at once and every retry or redelivery of the task refers to the same order.
+The request is validated, then written to Redis as the order's intent (``state=queued``,
+see intents.py) before it is published: a message the broker loses is published again by
+the workers' beat job, so an accepted send is never lost::
 
     from mobyt_worker.producer import connect, send_sms
 
-    app = connect("redis://redis.internal:6379/0")
+    app = connect("redis://redis.internal:6379/0")   # or amqp://..., redis_url="redis://..."
     sent = send_sms(app, ["+33612345678"], "Your code is 1234", sender="ACME")
     sent.order_id        # ask `mobyt order <id>` or read mobyt:order:<id> in Redis
     sent.result.get()    # optional: {"order_id", "recipients", "credits", "status"}
 
-The same call with Celery alone::
+The same call with Celery alone (no intent: a message lost by the broker is lost)::
 
     app.send_task("mobyt.send_sms", queue="mobyt",
                   kwargs={"recipients": ["+33612345678"], "message": "hi", "sender": "ACME"})
@@ -21,15 +24,26 @@ from __future__ import annotations
 
 import os
 import uuid
+import weakref
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Sequence
+from zoneinfo import ZoneInfo
 
 from celery import Celery
 from celery.result import AsyncResult
 
-QUEUE = "mobyt"
+from . import broker, sms
+from .intents import Intents
+from .store import connect as connect_redis
+
+QUEUE = broker.QUEUE
 SEND_SMS = "mobyt.send_sms"
+#: Defaults of the workers' MOBYT_ORDER_TTL and MOBYT_REPLAY_AFTER.
+ORDER_TTL = 30 * 24 * 3600
+REPLAY_AFTER = 120.0
+
+_intents: weakref.WeakKeyDictionary[Celery, Intents] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -38,21 +52,44 @@ class Enqueued:
     result: AsyncResult
 
 
-def connect(broker_url: str, *, backend_url: str | None = None, broker_key_prefix: str | None = None) -> Celery:
-    """A producer-only Celery app speaking JSON to the workers' broker.
+def connect(broker_url: str, *, backend_url: str | None = None, redis_url: str | None = None,
+            key_prefix: str = "mobyt", order_ttl: int = ORDER_TTL, replay_after: float = REPLAY_AFTER,
+            broker_key_prefix: str | None = None) -> Celery:
+    """A producer-only Celery app speaking JSON to the workers' broker. ``redis_url`` is
+    the workers' REDIS_URL (default: the broker's URL when it is Redis), where intents go.
 
     Every task name goes to the workers' queue, so ``app.send_task("mobyt.check_credits")``
     needs no ``queue=``. ``broker_key_prefix`` (default: ``MOBYT_BROKER_KEY_PREFIX``) must
     match the workers', or messages land under keys no worker reads.
     """
-    app = Celery("mobyt-producer", broker=broker_url, backend=backend_url or broker_url)
+    redis_url = redis_url or backend_url or (None if broker.is_amqp(broker_url) else broker_url)
+    if not redis_url:
+        raise ValueError("redis_url: the workers' REDIS_URL is required with an amqp:// broker")
+    app = Celery("mobyt-producer", broker=broker_url, backend=backend_url or redis_url)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    task_default_queue=QUEUE)
+                    task_default_queue=QUEUE, **broker.options(broker_url))
     prefix = os.environ.get("MOBYT_BROKER_KEY_PREFIX", "") if broker_key_prefix is None else broker_key_prefix
     if prefix:
-        app.conf.broker_transport_options = {"global_keyprefix": prefix}
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options, "global_keyprefix": prefix}
         app.conf.result_backend_transport_options = {"global_keyprefix": prefix}
+    attach_intents(app, Intents(connect_redis(redis_url), key_prefix, ttl=order_ttl, replay_after=replay_after))
     return app
+
+
+def attach_intents(app: Celery, intents: Intents) -> None:
+    """Where :func:`send_sms` writes the intents of ``app``'s sends."""
+    _intents[app] = intents
+
+
+def _intents_of(app: Celery) -> Intents:
+    found = _intents.get(app)
+    if found is None:  # an app built without connect(): its Redis broker holds the store
+        url = str(app.conf.broker_url or "")
+        if broker.is_amqp(url) or not url:
+            raise ValueError("redis_url: build the app with producer.connect(..., redis_url=REDIS_URL)")
+        found = Intents(connect_redis(url), "mobyt", ttl=ORDER_TTL, replay_after=REPLAY_AFTER)
+        attach_intents(app, found)
+    return found
 
 
 def new_order_id() -> str:
@@ -70,11 +107,23 @@ def send_sms(
     scheduled_at: datetime | str | None = None,
     order_id: str | None = None,
     return_credits: bool = False,
+    country: str = "FR",
 ) -> Enqueued:
-    """Enqueue ``mobyt.send_sms``; the workers validate and send it exactly once."""
+    """Validate, write the intent, enqueue ``mobyt.send_sms``; the workers send it exactly
+    once. ``country`` reads national numbers (set it to the workers' MOBYT_COUNTRY)."""
     order_id = order_id or new_order_id()
     if isinstance(scheduled_at, datetime):
         scheduled_at = scheduled_at.isoformat()
+    # Bad input fails here, naming the field, before anything is written or queued. The
+    # workers validate again with their own defaults (sender, message type, time zone).
+    if message_type is not None:
+        sms.validate_message_type(message_type)
+    sms.build_send_request(  # 'L' needs no sender: the workers may fill in their default
+        recipients=recipients if isinstance(recipients, str) else list(recipients), message=message, message_type="L" if sender is None else message_type or "L",
+        sender=sender,
+        scheduled_at=scheduled_at, order_id=order_id, return_credits=return_credits, country=country,
+        tz=ZoneInfo("Europe/Paris"), now=datetime.now(timezone.utc),
+    )
     kwargs = {
         "recipients": recipients if isinstance(recipients, str) else list(recipients),  # the task splits commas
         "message": message,
@@ -84,5 +133,7 @@ def send_sms(
         "order_id": order_id,
         "return_credits": return_credits,
     }
-    result = app.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE, task_id=f"send-{order_id}")
+    task_id = f"send-{order_id}"
+    _intents_of(app).record(order_id, task_id, kwargs)
+    result = app.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE, task_id=task_id)
     return Enqueued(order_id=order_id, result=result)

@@ -16,6 +16,7 @@ from .client import MobytClient
 from .config import Settings
 from .credits import CreditsWatch
 from .inbox import InboxStore
+from .intents import Intents
 from .metrics import Metrics
 from .optouts import OptOuts
 from .ratelimit import RateLimiter
@@ -63,6 +64,11 @@ class Runtime:
         s = self.settings
         return OrderStore(self.redis, s.key_prefix, ttl=s.order_ttl, stream_maxlen=s.stream_maxlen,
                           poll_intervals=s.poll_intervals)
+
+    @cached_property
+    def intents(self) -> Intents:
+        s = self.settings
+        return Intents(self.redis, s.key_prefix, ttl=s.order_ttl, replay_after=s.replay_after)
 
     @cached_property
     def optouts(self) -> OptOuts:

@@ -521,3 +521,21 @@ def check_credits() -> dict[str, Any]:
     except PROVIDER_FAILURES as exc:
         log.warning("check_credits failed: %s", exc)
         raise
+
+
+# --- intents -------------------------------------------------------------------------------
+
+
+@app.task(name="mobyt.replay_intents")
+def replay_intents() -> dict[str, int]:
+    """Beat tick: publish again the sends written as intents that no worker has claimed
+    (a message the broker lost). Same task id and kwargs: the claim sends each once."""
+    rt = _runtime()
+    due = rt.intents.due(limit=rt.settings.poll_batch)
+    for intent in due:
+        log.warning("order %s: still queued after %.0f s, publishing task %s again",
+                    intent.order_id, rt.settings.replay_after, intent.task_id)
+        send_sms.apply_async(kwargs=intent.kwargs, task_id=intent.task_id, queue=QUEUE)
+    if due:
+        rt.metrics.inc("intents_replayed", len(due))
+    return {"replayed": len(due)}

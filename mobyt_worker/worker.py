@@ -26,21 +26,23 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from . import affinity, logs
+from . import affinity, broker, kombu_fix, logs
 from .config import Settings
 from .heartbeat import Heartbeat
+from .producer import attach_intents
 from .runtime import Runtime
 from .store import REDIS_RETRY, Keys, parse_sentinel_url
 
 #: All our tasks go to this queue; producers must name it (the helper in producer.py does).
-QUEUE = "mobyt"
+QUEUE = broker.QUEUE
 
 
 def create_app(settings: Settings) -> Celery:
+    kombu_fix.apply()  # a channel closed while Redis restarts must not stop the worker
     app = Celery("mobyt", include=["mobyt_worker.tasks"])
     vt = settings.visibility_timeout
     app.conf.update(
-        broker_url=settings.redis_url,
+        broker_url=settings.broker_url or settings.redis_url,
         result_backend=settings.redis_url,
         # JSON only: tasks are called by name from other languages/services; no pickle.
         task_serializer="json",
@@ -104,8 +106,11 @@ def create_app(settings: Settings) -> Celery:
             "poll-inbox": _every("mobyt.poll_inbox", settings.inbox_interval),
             "reconcile-inbox": _every("mobyt.reconcile_inbox", settings.reconcile_interval),
             "check-credits": _every("mobyt.check_credits", settings.credits_interval),
+            "replay-intents": _every("mobyt.replay_intents", max(1.0, min(30.0, settings.replay_after / 4))),
         },
     )
+    if settings.broker_url and broker.is_amqp(settings.broker_url):
+        app.conf.update(broker.options(settings.broker_url))  # RabbitMQ: its own transport options
     if settings.broker_key_prefix:
         # Celery's own keys (queue, unacked, results) under a prefix too, for a Redis DB
         # shared with others (the demo does this). Producers must set the same prefix.
@@ -114,6 +119,7 @@ def create_app(settings: Settings) -> Celery:
     if settings.redis_url.startswith("sentinel://"):
         _follow_sentinel(app, settings)
     app.runtime = Runtime(settings, producer=app)  # type: ignore[attr-defined]
+    attach_intents(app, app.runtime.intents)  # type: ignore[attr-defined]
     return app
 
 

@@ -141,3 +141,33 @@ class CeleryProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class RabbitVhost:
+    """A vhost of our own on the local RabbitMQ (deleted at cleanup), so runs never share a queue."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5672) -> None:
+        self.host, self.port = host, port
+        self.name = f"mobyt-test-{os.getpid()}-{int(time.time() * 1000)}"
+
+    @staticmethod
+    def available(host: str = "127.0.0.1", port: int = 5672) -> bool:
+        if not shutil.which("rabbitmqctl"):
+            return False
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}/{self.name}"
+
+    def create(self) -> "RabbitVhost":
+        for args in (["add_vhost", self.name], ["set_permissions", "-p", self.name, "guest", ".*", ".*", ".*"]):
+            subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+        return self
+
+    def cleanup(self) -> None:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.name], capture_output=True, timeout=60)
