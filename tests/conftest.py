@@ -4,17 +4,63 @@ import os
 import secrets
 from typing import Iterator
 
+import fakeredis
 import pytest
 import redis
 
 from mobyt_worker.config import Secret, Settings
 from mobyt_worker.runtime import Runtime
 from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
+from mobyt_worker.store import connect
 
-from .support import CeleryProcess, RedisServer
+from .support import CeleryProcess, RedisServer, refuse_redis_servers
 
 LOGIN = "acme"
 PASSWORD = "s3cr3t-Pa55word-" + secrets.token_hex(4)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a redis-server (directly or through a worker) is an integration test."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``redis_client`` runs each test on fakeredis and on a real server (the integration tier);
+    a test marked ``integration`` (it asks the server itself something) runs on the real one only."""
+    if "redis_client" in metafunc.fixturenames:
+        real = pytest.param("real", marks=pytest.mark.integration)
+        only_real = metafunc.definition.get_closest_marker("integration")
+        metafunc.parametrize("redis_backend", [real] if only_real else ["fake", real], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def no_redis_server_in_the_unit_tier(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Outside the integration tier any connection to a Redis server fails the test (even one
+    the code under test catches); yields the refused addresses."""
+    if request.node.get_closest_marker("integration"):
+        yield []
+        return
+    with refuse_redis_servers() as attempts:
+        yield attempts
+    assert not attempts, f"the unit tier connected to Redis servers: {attempts}"
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def redis_client(request: pytest.FixtureRequest, redis_backend: str) -> Iterator[redis.Redis]:
+    """An empty Redis with decoded replies: fakeredis (with Lua) or the session's redis-server."""
+    if redis_backend == "fake":
+        client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    else:
+        client = connect(request.getfixturevalue("redis_url"))
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

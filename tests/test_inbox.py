@@ -51,7 +51,8 @@ def assert_exactly_once(inbox: InboxStore, expected: dict[int, str]) -> None:
     assert {int(f["id"]): f["text"] for _, f in entries} == expected
 
 
-def test_store_is_idempotent_when_many_threads_race(inbox):
+def test_store_is_idempotent_when_many_threads_race(redis_client):
+    inbox = InboxStore(redis_client, "t", country="FR")
     messages = [InboundMessage(i, "+33700000001", SENDERS[i % 5], text_for(i), datetime.now(PARIS), "")
                 for i in range(1, 26)]
     sources = ["poll", "push", "reconcile"] * 3
