@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Iterator
+from typing import Callable, Iterator
 
 import fakeredis
 import pytest
@@ -105,7 +105,7 @@ def worker_env(redis_url: str, provider: SimulatorServer) -> dict[str, str]:
         "MOBYT_READ_TIMEOUT": "2",
         "MOBYT_POLL_TICK": "0.3",
         "MOBYT_POLL_INTERVALS": "0.3,0.6,1",
-        "MOBYT_SEND_RETRY_MAX": "1",
+        "MOBYT_SEND_RETRY_MAX": "0.3",
         "MOBYT_VISIBILITY_TIMEOUT": "8",
         "MOBYT_INBOX_INTERVAL": "0.5",
         "MOBYT_RECONCILE_INTERVAL": "2",
@@ -127,7 +127,22 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def start_process(worker_env: dict[str, str]):
+def private_redis() -> Iterator[Callable[..., RedisServer]]:
+    """Start a redis-server of the test's own (e.g. to restart it); stopped after every
+    worker and beat (start_process depends on this fixture), so none hangs on a dead Redis."""
+    servers: list[RedisServer] = []
+
+    def start(**kw) -> RedisServer:
+        servers.append(RedisServer(**kw).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.cleanup()
+
+
+@pytest.fixture
+def start_process(worker_env: dict[str, str], private_redis: Callable[..., RedisServer]):
     """Start worker/beat subprocesses; all are stopped (and logs shown on failure) at teardown."""
     started: list[CeleryProcess] = []
 

@@ -16,7 +16,7 @@ from mobyt_worker.store import OrderStore, connect
 
 from .conftest import PASSWORD
 from .producer import bare_client, call
-from .support import RedisServer, wait_for
+from .support import wait_for
 
 DLVRD_NUMBER, ERROR_NUMBER = "+33612345670", "+33612345676"
 
@@ -226,35 +226,32 @@ def test_the_password_reaches_no_task_argument_result_redis_value_or_log(redis_u
     assert PASSWORD not in worker.output()
 
 
-def test_redis_restart_while_workers_run(simulator, provider, worker_env, start_process):
+def test_redis_restart_while_workers_run(simulator, provider, worker_env, private_redis, start_process):
     """With an AOF-persisted Redis, a restart loses nothing and the workers reconnect."""
-    server = RedisServer(appendonly=True).start()
-    try:
-        env = {"REDIS_URL": server.url}
-        worker = start_process("worker", env=env)
-        beat = start_process("beat", env=env)
-        client = bare_client(server.url)
-        before = [enqueue(client, recipients=[DLVRD_NUMBER], message="before", sender="ACME").get(timeout=20)["order_id"]
-                  for _ in range(3)]
-        server.restart(down_for=1.0)
-        after = []
-        for _ in range(3):
-            for attempt in range(3):  # the producer's own connection may need a moment too
-                try:
-                    after.append(enqueue(client, recipients=[DLVRD_NUMBER], message="after", sender="ACME").get(timeout=30)["order_id"])
-                    break
-                except (redis.ConnectionError, CeleryTimeout, OSError):
-                    time.sleep(1)
-        assert len(after) == 3
-        store = order_store(server.url)
-        for oid in before + after:
-            record = wait_final(store, oid, timeout=40)
-            assert record.recipients[DLVRD_NUMBER].status == "DLVRD"
-            assert simulator.billed_sends(oid) == 1
-        assert worker.proc.poll() is None and beat.proc.poll() is None  # both rode it out
-        assert "Connected to redis" in worker.output().split("Connection to broker lost")[-1]
-    finally:
-        server.cleanup()
+    server = private_redis(appendonly=True)
+    env = {"REDIS_URL": server.url}
+    worker = start_process("worker", env=env)
+    beat = start_process("beat", env=env)
+    client = bare_client(server.url)
+    before = [enqueue(client, recipients=[DLVRD_NUMBER], message="before", sender="ACME").get(timeout=20)["order_id"]
+              for _ in range(3)]
+    server.restart(down_for=1.0)
+    after = []
+    for _ in range(3):
+        for attempt in range(3):  # the producer's own connection may need a moment too
+            try:
+                after.append(enqueue(client, recipients=[DLVRD_NUMBER], message="after", sender="ACME").get(timeout=30)["order_id"])
+                break
+            except (redis.ConnectionError, CeleryTimeout, OSError):
+                time.sleep(1)
+    assert len(after) == 3
+    store = order_store(server.url)
+    for oid in before + after:
+        record = wait_final(store, oid, timeout=40)
+        assert record.recipients[DLVRD_NUMBER].status == "DLVRD"
+        assert simulator.billed_sends(oid) == 1
+    assert worker.proc.poll() is None and beat.proc.poll() is None  # both rode it out
+    assert "Connected to redis" in worker.output().split("Connection to broker lost")[-1]
 
 
 def test_producer_helper_fixes_the_order_id_and_duplicate_enqueues_send_once(redis_url, simulator, start_process):

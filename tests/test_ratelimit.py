@@ -39,19 +39,19 @@ def test_a_cap_must_be_positive(client):
 
 
 def test_without_burst_the_second_request_waits_one_interval_and_try_reserves_nothing(client):
-    limiter = RateLimiter(client, KEY, rate=10)  # one send per 100 ms
+    limiter = RateLimiter(client, KEY, rate=1)  # one send per second: the calls below take far less
     assert limiter.try_acquire() == 0.0
     first = tat(client)
     wait = limiter.try_acquire()
-    assert 0.05 < wait <= 0.1
+    assert 0.5 < wait <= 1.0
     assert tat(client) == first  # refused: the TAT did not move
     assert 0.0 < limiter.try_acquire() <= wait
 
 
 def test_burst_admits_that_many_at_once_then_spaces_the_rest(client):
-    limiter = RateLimiter(client, KEY, rate=10, burst=3)
+    limiter = RateLimiter(client, KEY, rate=1, burst=3)
     assert [limiter.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert limiter.try_acquire() > 0.05
+    assert limiter.try_acquire() > 0.5
 
 
 def test_reservations_are_spaced_by_exactly_one_interval(client):

@@ -472,10 +472,8 @@ def test_lost_answer_is_billed_but_never_answered(call: Call, sim: ProviderSimul
 
 def test_slow_answer_times_out_after_the_send_was_billed(call: Call, sim: ProviderSimulator) -> None:
     sim.inject_fault("SENDSMS", "slow", delay=0.5)
-    started = time.monotonic()
-    with pytest.raises(requests.ReadTimeout):
+    with pytest.raises(requests.ReadTimeout):  # the answer comes 0.5 s late: only a timeout ends the wait first
         _attempt_send(call, "SLOW1", timeout=(2, 0.15))
-    assert time.monotonic() - started < 0.45
     assert sim.billed_sends("SLOW1") == 1
     assert [r.status for r in statuses(call, "SLOW1")] == [W]
 
@@ -497,9 +495,8 @@ def test_latency_delays_provider_answers_only(call: Call, server: SimulatorServe
     started = time.monotonic()
     assert call("CREDITS").text.startswith("OK;")
     assert time.monotonic() - started >= 0.3
-    started = time.monotonic()
+    sim.set_latency(30)  # a control endpoint that waited would time out
     assert requests.get(server.url + "/_sim/health", timeout=5).json() == {"status": "ok"}
-    assert time.monotonic() - started < 0.25
 
 
 # --- push callbacks ------------------------------------------------------------------------
