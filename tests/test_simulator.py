@@ -502,6 +502,14 @@ def test_latency_delays_provider_answers_only(call: Call, server: SimulatorServe
 # --- push callbacks ------------------------------------------------------------------------
 
 
+def push_barrier(call: Call, receiver: Receiver) -> None:
+    """Two orders pushed at once, one tick after the other: when the second has arrived, every
+    push an earlier tick queued has arrived too (one delivery thread, in queue order)."""
+    for number in ("+33611111117", "+33622222227"):  # last digit 7: UNKNRCPT at once
+        send(call, number)
+        wait_for(lambda n=number: receiver.statuses(n) == ["UNKNRCPT"])
+
+
 class Receiver:
     """A tiny HTTP endpoint that records the form POSTs it receives."""
 
@@ -559,8 +567,8 @@ def test_push_posts_every_status_change_and_inbound(call: Call, sim: ProviderSim
     [inbound] = [form for path, form in receiver.posts if path == "/inbound?token=t0k"]
     assert inbound == {"id": str(message_id), "text": "Bonjour à tous", "sender": "+33612345670",
                        "recipient": "+33700000001", "delivery_date": fmt(START + D)}  # fmt: skip
-    time.sleep(0.3)
-    assert len(receiver.posts) == 6  # nothing pushed twice
+    push_barrier(call, receiver)
+    assert len(receiver.posts) == 6 + 2  # nothing pushed twice (and the barrier's two)
 
 
 def test_scheduled_then_removed_orders_stop_pushing(call: Call, sim: ProviderSimulator, clock: FakeClock,
@@ -570,7 +578,7 @@ def test_scheduled_then_removed_orders_stop_pushing(call: Call, sim: ProviderSim
     wait_for(lambda: receiver.statuses("+33600000000") == ["SCHEDULED"])
     assert call("REMOVE_DELAYED", order_id=order_id).text == "OK;"
     clock.advance(60 + D)
-    time.sleep(0.3)
+    push_barrier(call, receiver)
     assert receiver.statuses("+33600000000") == ["SCHEDULED"]
 
 
