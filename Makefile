@@ -17,8 +17,12 @@ install: $(BIN)/python
 
 install-test: install-unit redis-server
 
-install-unit: $(BIN)/python
+install-unit: $(VENV)/.test-deps
+
+# pip runs again only when pyproject.toml changes
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
 
 # Tests start their own redis-server; the demo starts one when no Redis answers.
 redis-server:
