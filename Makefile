@@ -1,11 +1,12 @@
 # The two commands that matter on a fresh machine:
 #   make demo   installs into .venv and runs the whole story against the built-in simulator
 #   make test   installs into .venv (with test extras), makes sure redis-server exists, runs all tests
+#   make unit   the tests that need no redis-server (fakeredis): no apt-get, no root
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test redis-server rabbitmq bench soak
+.PHONY: demo test unit install install-test install-unit redis-server rabbitmq bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +15,14 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
-install-test: $(BIN)/python redis-server
+install-test: install-unit redis-server
+
+install-unit: $(VENV)/.test-deps
+
+# pip runs again only when pyproject.toml changes
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
 
 # Tests start their own redis-server; the demo starts one when no Redis answers.
 redis-server:
@@ -35,6 +42,11 @@ demo: install redis-server
 
 test: install-test rabbitmq
 	$(BIN)/pytest
+
+# Store, inbox, opt-outs, credits, rate limit, metrics... on fakeredis; a connection to any
+# Redis server fails the test (tests/conftest.py). The integration tier runs in `make test`.
+unit: install-unit
+	$(BIN)/pytest -m "not integration"
 
 # Figures of the README's performance section (about 6 minutes; redis-server as for the tests)
 bench: install-test

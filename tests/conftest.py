@@ -2,19 +2,65 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Iterator
+from typing import Callable, Iterator
 
+import fakeredis
 import pytest
 import redis
 
 from mobyt_worker.config import Secret, Settings
 from mobyt_worker.runtime import Runtime
 from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
+from mobyt_worker.store import connect
 
-from .support import CeleryProcess, RedisServer
+from .support import CeleryProcess, RedisServer, refuse_redis_servers
 
 LOGIN = "acme"
 PASSWORD = "s3cr3t-Pa55word-" + secrets.token_hex(4)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a redis-server (directly or through a worker) is an integration test."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``redis_client`` runs each test on fakeredis and on a real server (the integration tier);
+    a test marked ``integration`` (it asks the server itself something) runs on the real one only."""
+    if "redis_client" in metafunc.fixturenames:
+        real = pytest.param("real", marks=pytest.mark.integration)
+        only_real = metafunc.definition.get_closest_marker("integration")
+        metafunc.parametrize("redis_backend", [real] if only_real else ["fake", real], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def no_redis_server_in_the_unit_tier(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Outside the integration tier any connection to a Redis server fails the test (even one
+    the code under test catches); yields the refused addresses."""
+    if request.node.get_closest_marker("integration"):
+        yield []
+        return
+    with refuse_redis_servers() as attempts:
+        yield attempts
+    assert not attempts, f"the unit tier connected to Redis servers: {attempts}"
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def redis_client(request: pytest.FixtureRequest, redis_backend: str) -> Iterator[redis.Redis]:
+    """An empty Redis with decoded replies: fakeredis (with Lua) or the session's redis-server."""
+    if redis_backend == "fake":
+        client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    else:
+        client = connect(request.getfixturevalue("redis_url"))
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +105,7 @@ def worker_env(redis_url: str, provider: SimulatorServer) -> dict[str, str]:
         "MOBYT_READ_TIMEOUT": "2",
         "MOBYT_POLL_TICK": "0.3",
         "MOBYT_POLL_INTERVALS": "0.3,0.6,1",
-        "MOBYT_SEND_RETRY_MAX": "1",
+        "MOBYT_SEND_RETRY_MAX": "0.3",
         "MOBYT_DOUBT_GRACE": "0.3",
         "MOBYT_ORDER_UNKNOWN_CODES": "40",  # the simulator's "unknown order_id"
         "MOBYT_VISIBILITY_TIMEOUT": "8",
@@ -83,7 +129,22 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def start_process(worker_env: dict[str, str]):
+def private_redis() -> Iterator[Callable[..., RedisServer]]:
+    """Start a redis-server of the test's own (e.g. to restart it); stopped after every
+    worker and beat (start_process depends on this fixture), so none hangs on a dead Redis."""
+    servers: list[RedisServer] = []
+
+    def start(**kw) -> RedisServer:
+        servers.append(RedisServer(**kw).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.cleanup()
+
+
+@pytest.fixture
+def start_process(worker_env: dict[str, str], private_redis: Callable[..., RedisServer]):
     """Start worker/beat subprocesses; all are stopped (and logs shown on failure) at teardown."""
     started: list[CeleryProcess] = []
 

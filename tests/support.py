@@ -15,10 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import redis
+import redis.connection
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -39,6 +41,35 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+class RedisServerRefused(RuntimeError):
+    """Raised instead of opening a socket to a Redis server (not an OSError: never retried)."""
+
+
+@contextmanager
+def refuse_redis_servers() -> Iterator[list[str]]:
+    """Every redis-py connection (TCP, TLS, Unix socket) fails at once and is recorded.
+
+    fakeredis connections do not open sockets, so they keep working.
+    """
+    attempts: list[str] = []
+
+    def refuse(conn: redis.connection.AbstractConnection) -> None:
+        where = getattr(conn, "path", "") or f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
+        attempts.append(where)
+        raise RedisServerRefused(f"unit tier: no Redis server may be used (connection to {where})")
+
+    classes = (redis.connection.Connection, redis.connection.SSLConnection,
+               redis.connection.UnixDomainSocketConnection)
+    saved = [cls.__dict__["_connect"] for cls in classes]
+    for cls in classes:
+        cls._connect = refuse  # type: ignore[method-assign]
+    try:
+        yield attempts
+    finally:
+        for cls, original in zip(classes, saved):
+            cls._connect = original  # type: ignore[method-assign]
 
 
 class RedisServer:

@@ -8,18 +8,26 @@ import pty
 import select
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from mobyt_worker import cli
+from mobyt_worker.client import MobytClient
+from mobyt_worker.config import Secret, Settings
+from mobyt_worker.protocol import Status
 from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
+from mobyt_worker.sms import build_send_request
 
 from .support import free_port
 
 LOGIN = "acme"
 PASSWORD = "cli-s3cr3t|;pw"
 NUMBERS = ["+33612345671", "+33698765432"]  # last digits 1, 2: delivered (simulator rule)
+PARIS = ZoneInfo("Europe/Paris")
 
 
 @pytest.fixture
@@ -250,10 +258,28 @@ def test_help_documents_exit_codes(capsys):
         assert name in out
 
 
-def test_simulator_command_calls_serve(monkeypatch):
-    from mobyt_worker import simulator
-
-    calls = []
-    monkeypatch.setattr(simulator, "serve", lambda **kw: calls.append(kw))
-    assert cli.main(["simulator", "--port", "0", "--latency", "0.1", "--delivery-delay", "3"]) == 0
-    assert calls == [{"host": "127.0.0.1", "port": 0, "latency": 0.1, "delivery_delay": 3.0}]
+def test_simulator_command_serves_with_its_latency_and_delivery_delay_until_sigterm():
+    """``mobyt simulator`` as a user runs it: the options reach the fake provider it serves."""
+    mobyt = str(Path(sys.executable).with_name("mobyt"))
+    proc = subprocess.Popen([mobyt, "simulator", "--port", "0", "--latency", "0.3", "--delivery-delay", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        banner = dict(line.strip().split("=", 1) for line in (proc.stdout.readline() for _ in range(4)) if "=" in line)
+        assert banner["MOBYT_BASE_URL"] == url
+        settings = Settings(login=banner["MOBYT_LOGIN"], password=Secret(banner["MOBYT_PASSWORD"]), base_url=url)
+        with MobytClient(settings) as client:
+            started = time.monotonic()
+            client.credits()
+            assert time.monotonic() - started >= 0.3  # --latency
+            client.send_sms(build_send_request(recipients=["+33612345671"], message="hi", message_type="N",
+                                               sender="ACME", order_id="CLI1", tz=PARIS, now=datetime.now(PARIS)))
+            assert [r.status for r in client.sms_status("CLI1")] == [Status.DLVRD]  # --delivery-delay 0
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        assert "stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -11,7 +11,6 @@ import pytest
 from mobyt_worker import cli
 from mobyt_worker.credits import CreditsWatch
 from mobyt_worker.protocol import CreditRow, decode_credits
-from mobyt_worker.store import connect
 
 from .producer import bare_client, run
 
@@ -19,10 +18,8 @@ SEED_CREDITS = "OK;N|IT|37;N|IT|37;N|IT|37;L|ES|56;L|ES|56;L|ES|100;EE||81"
 
 
 @pytest.fixture
-def watch(redis_url):
-    client = connect(redis_url)
-    yield CreditsWatch(client, "t", threshold=50, history_length=3)
-    client.close()
+def watch(redis_client):
+    return CreditsWatch(redis_client, "t", threshold=50, history_length=3)
 
 
 def low_events(watch: CreditsWatch) -> list[dict[str, str]]:
@@ -61,8 +58,8 @@ def test_low_balance_event_once_per_fall_and_a_warning_at_every_check(watch, cap
     assert "N FR has 10 left (threshold 50)" in warnings[-2]
 
 
-def test_no_alert_when_threshold_is_zero(redis_url):
-    watch = CreditsWatch(connect(redis_url), "t")
+def test_no_alert_when_threshold_is_zero(redis_client):
+    watch = CreditsWatch(redis_client, "t")
     assert watch.record([CreditRow("N", "FR", 0)])["low"] == []
     assert low_events(watch) == []
 

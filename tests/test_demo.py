@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import redis
 
 from mobyt_worker import demo
@@ -22,6 +23,8 @@ from mobyt_worker import demo
 from .support import ROOT, free_port, wait_for
 
 MOBYT = str(Path(sys.executable).with_name("mobyt"))
+
+pytestmark = pytest.mark.integration  # the demo starts or finds a redis-server
 
 
 def processes_with(marker: str) -> list[int]:

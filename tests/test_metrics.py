@@ -8,6 +8,7 @@ from socketserver import ThreadingMixIn
 from typing import Any, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import fakeredis
 import pytest
 import redis
 import requests
@@ -22,7 +23,7 @@ from mobyt_worker.runtime import Runtime
 from mobyt_worker.web import create_app
 
 from .producer import bare_client, call
-from .support import free_port, wait_for
+from .support import wait_for
 
 TOKEN = "metrics-test-token"
 DLVRD, ERROR = "+33612345670", "+33612345676"
@@ -39,10 +40,8 @@ def value(page: dict, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield c
-    c.close()
+def client(redis_client: redis.Redis) -> redis.Redis:
+    return redis_client
 
 
 def test_counters_and_histograms_from_several_processes_add_up(client):
@@ -89,8 +88,9 @@ def test_gauges_are_read_from_what_the_workers_keep(client):
 
 
 def test_a_failed_flush_keeps_the_counts_for_the_next_one(client):
-    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
-    metrics = Metrics(down, "mobyt", flush_interval=60)
+    gone = fakeredis.FakeServer()
+    gone.connected = False  # every command fails at once with ConnectionError: no retry wait
+    metrics = Metrics(fakeredis.FakeRedis(server=gone), "mobyt", flush_interval=60)
     metrics.task_failed("mobyt.send_sms", InvalidInput("message", "empty"))
     assert metrics.flush() == 0
     metrics.redis = client

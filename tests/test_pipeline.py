@@ -4,6 +4,10 @@ on what Redis holds."""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -16,7 +20,7 @@ from mobyt_worker.store import OrderStore, connect
 
 from .conftest import PASSWORD
 from .producer import bare_client, call
-from .support import RedisServer, wait_for
+from .support import wait_for
 
 DLVRD_NUMBER, ERROR_NUMBER = "+33612345670", "+33612345676"
 
@@ -198,63 +202,108 @@ def test_bad_input_fails_the_task_naming_the_field_without_any_http(redis_url, s
     assert simulator.requests() == []
 
 
-def test_the_password_reaches_no_task_argument_result_redis_value_or_log(redis_url, simulator, start_process):
-    worker = start_process("worker")
-    client = bare_client(redis_url)
-    enqueue(client, recipients=[DLVRD_NUMBER], message="secret?", sender="ACME").get(timeout=20)
-    with pytest.raises(Exception):
-        enqueue(client, recipients=["nope"], message="x", sender="ACME").get(timeout=20)
-    simulator.inject_fault("SENDSMS", "ko", code="10", message="authentication failed")
-    with pytest.raises(Exception):
-        enqueue(client, recipients=[DLVRD_NUMBER], message="x", sender="ACME").get(timeout=20)
-    r = redis.Redis.from_url(redis_url)
-    dump = []
+def _everything_in(r: redis.Redis) -> list[bytes]:
+    """Every key, field and value in Redis, with each queued Celery message's body decoded."""
+    dump: list[bytes] = []
     for key in r.scan_iter(count=1000):
+        dump.append(key)
         kind = r.type(key).decode()
         if kind == "string":
             dump.append(r.get(key))
         elif kind == "hash":
-            dump.extend(r.hgetall(key).values())
+            dump.extend(part for item in r.hgetall(key).items() for part in item)
         elif kind == "list":
             dump.extend(r.lrange(key, 0, -1))
+        elif kind == "set":
+            dump.extend(r.smembers(key))
         elif kind == "zset":
             dump.extend(m for m, _ in r.zrange(key, 0, -1, withscores=True))
         elif kind == "stream":
-            dump.extend(v for _, fields in r.xrange(key) for v in fields.values())
-    assert dump, "nothing was written: the test would prove nothing"
+            dump.extend(part for _, fields in r.xrange(key) for item in fields.items() for part in item)
+    return dump + [m for value in dump for m in _message_bodies(value)]
+
+
+def _message_bodies(value: bytes) -> list[bytes]:
+    """A kombu message keeps its body base64-encoded: the plain text of it, if ``value`` is one."""
+    try:
+        message = json.loads(value)
+        return [base64.b64decode(message["body"])] if message.get("properties", {}).get("body_encoding") == "base64" else []
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
+def test_the_password_reaches_no_task_argument_result_redis_value_or_log(redis_url, simulator, start_process):
+    """What goes through Redis is watched as it is written (MONITOR: messages consumed since
+    count too), and what stays is read back, event messages waiting on a queue nobody reads."""
+    seen: list[str] = []
+    monitors: list = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(redis_url).monitor() as monitor:
+            monitors.append(monitor)
+            watching.set()
+            try:
+                while True:
+                    seen.append(monitor.next_command()["command"])
+            except (redis.ConnectionError, OSError, ValueError, AttributeError):
+                pass
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    assert watching.wait(10)  # MONITOR is on before the first task
+    events = {"MOBYT_EVENT_TASK": "partner.sms_event", "MOBYT_EVENT_QUEUE": "partner"}
+    worker = start_process("worker", env=events)
+    start_process("beat", env=events)  # polls, so status events are queued
+    client = bare_client(redis_url)
+    enqueue(client, recipients=[DLVRD_NUMBER], message="secret?", sender="ACME").get(timeout=20)
+    with pytest.raises(Exception):
+        enqueue(client, recipients=["nope"], message="x", sender="ACME").get(timeout=20)
+    simulator.inject_fault("SENDSMS", "http500")  # the worker queues the send again (a retry)
+    enqueue(client, recipients=[DLVRD_NUMBER], message="again", sender="ACME").get(timeout=30)
+    simulator.inject_fault("SENDSMS", "ko", code="10", message="authentication failed")
+    with pytest.raises(Exception):
+        enqueue(client, recipients=[DLVRD_NUMBER], message="x", sender="ACME").get(timeout=20)
+    r = redis.Redis.from_url(redis_url)
+    wait_for(lambda: r.llen("partner") >= 2, timeout=20, what="status events queued for the partner task")
+    monitors[0].connection.disconnect()
+    thread.join(5)
+    dump = _everything_in(r)
+    assert [b for b in dump if b"partner.sms_event" in b], "no event message read: the test would prove nothing"
+    assert [m for m in seen if "LPUSH" in m.upper() or "EVALSHA" in m.upper()], "MONITOR saw no write"
     assert not [v for v in dump if PASSWORD.encode() in v]
+    assert not [m for m in seen if PASSWORD in m]
+    assert not [m for m in seen for body in re.findall(r'body\\?": \\?"([A-Za-z0-9+/=]+)', m)
+                if PASSWORD.encode() in base64.b64decode(body)]
     assert PASSWORD not in worker.output()
 
 
-def test_redis_restart_while_workers_run(simulator, provider, worker_env, start_process):
+def test_redis_restart_while_workers_run(simulator, provider, worker_env, private_redis, start_process):
     """With an AOF-persisted Redis, a restart loses nothing and the workers reconnect."""
-    server = RedisServer(appendonly=True).start()
-    try:
-        env = {"REDIS_URL": server.url}
-        worker = start_process("worker", env=env)
-        beat = start_process("beat", env=env)
-        client = bare_client(server.url)
-        before = [enqueue(client, recipients=[DLVRD_NUMBER], message="before", sender="ACME").get(timeout=20)["order_id"]
-                  for _ in range(3)]
-        server.restart(down_for=1.0)
-        after = []
-        for _ in range(3):
-            for attempt in range(3):  # the producer's own connection may need a moment too
-                try:
-                    after.append(enqueue(client, recipients=[DLVRD_NUMBER], message="after", sender="ACME").get(timeout=30)["order_id"])
-                    break
-                except (redis.ConnectionError, CeleryTimeout, OSError):
-                    time.sleep(1)
-        assert len(after) == 3
-        store = order_store(server.url)
-        for oid in before + after:
-            record = wait_final(store, oid, timeout=40)
-            assert record.recipients[DLVRD_NUMBER].status == "DLVRD"
-            assert simulator.billed_sends(oid) == 1
-        assert worker.proc.poll() is None and beat.proc.poll() is None  # both rode it out
-        assert "Connected to redis" in worker.output().split("Connection to broker lost")[-1]
-    finally:
-        server.cleanup()
+    server = private_redis(appendonly=True)
+    env = {"REDIS_URL": server.url}
+    worker = start_process("worker", env=env)
+    beat = start_process("beat", env=env)
+    client = bare_client(server.url)
+    before = [enqueue(client, recipients=[DLVRD_NUMBER], message="before", sender="ACME").get(timeout=20)["order_id"]
+              for _ in range(3)]
+    server.restart(down_for=1.0)
+    after = []
+    for _ in range(3):
+        for attempt in range(3):  # the producer's own connection may need a moment too
+            try:
+                after.append(enqueue(client, recipients=[DLVRD_NUMBER], message="after", sender="ACME").get(timeout=30)["order_id"])
+                break
+            except (redis.ConnectionError, CeleryTimeout, OSError):
+                time.sleep(1)
+    assert len(after) == 3
+    store = order_store(server.url)
+    for oid in before + after:
+        record = wait_final(store, oid, timeout=40)
+        assert record.recipients[DLVRD_NUMBER].status == "DLVRD"
+        assert simulator.billed_sends(oid) == 1
+    assert worker.proc.poll() is None and beat.proc.poll() is None  # both rode it out
+    assert "Connected to redis" in worker.output().split("Connection to broker lost")[-1]
 
 
 def test_producer_helper_fixes_the_order_id_and_duplicate_enqueues_send_once(redis_url, simulator, start_process):

@@ -472,10 +472,8 @@ def test_lost_answer_is_billed_but_never_answered(call: Call, sim: ProviderSimul
 
 def test_slow_answer_times_out_after_the_send_was_billed(call: Call, sim: ProviderSimulator) -> None:
     sim.inject_fault("SENDSMS", "slow", delay=0.5)
-    started = time.monotonic()
-    with pytest.raises(requests.ReadTimeout):
+    with pytest.raises(requests.ReadTimeout):  # the answer comes 0.5 s late: only a timeout ends the wait first
         _attempt_send(call, "SLOW1", timeout=(2, 0.15))
-    assert time.monotonic() - started < 0.45
     assert sim.billed_sends("SLOW1") == 1
     assert [r.status for r in statuses(call, "SLOW1")] == [W]
 
@@ -497,12 +495,19 @@ def test_latency_delays_provider_answers_only(call: Call, server: SimulatorServe
     started = time.monotonic()
     assert call("CREDITS").text.startswith("OK;")
     assert time.monotonic() - started >= 0.3
-    started = time.monotonic()
+    sim.set_latency(30)  # a control endpoint that waited would time out
     assert requests.get(server.url + "/_sim/health", timeout=5).json() == {"status": "ok"}
-    assert time.monotonic() - started < 0.25
 
 
 # --- push callbacks ------------------------------------------------------------------------
+
+
+def push_barrier(call: Call, receiver: Receiver) -> None:
+    """Two orders pushed at once, one tick after the other: when the second has arrived, every
+    push an earlier tick queued has arrived too (one delivery thread, in queue order)."""
+    for number in ("+33611111117", "+33622222227"):  # last digit 7: UNKNRCPT at once
+        send(call, number)
+        wait_for(lambda n=number: receiver.statuses(n) == ["UNKNRCPT"])
 
 
 class Receiver:
@@ -562,8 +567,8 @@ def test_push_posts_every_status_change_and_inbound(call: Call, sim: ProviderSim
     [inbound] = [form for path, form in receiver.posts if path == "/inbound?token=t0k"]
     assert inbound == {"id": str(message_id), "text": "Bonjour à tous", "sender": "+33612345670",
                        "recipient": "+33700000001", "delivery_date": fmt(START + D)}  # fmt: skip
-    time.sleep(0.3)
-    assert len(receiver.posts) == 6  # nothing pushed twice
+    push_barrier(call, receiver)
+    assert len(receiver.posts) == 6 + 2  # nothing pushed twice (and the barrier's two)
 
 
 def test_scheduled_then_removed_orders_stop_pushing(call: Call, sim: ProviderSimulator, clock: FakeClock,
@@ -573,7 +578,7 @@ def test_scheduled_then_removed_orders_stop_pushing(call: Call, sim: ProviderSim
     wait_for(lambda: receiver.statuses("+33600000000") == ["SCHEDULED"])
     assert call("REMOVE_DELAYED", order_id=order_id).text == "OK;"
     clock.advance(60 + D)
-    time.sleep(0.3)
+    push_barrier(call, receiver)
     assert receiver.statuses("+33600000000") == ["SCHEDULED"]
 
 

@@ -10,17 +10,15 @@ import pytest
 
 from mobyt_worker.errors import ProviderConnectError, ProviderRejected
 from mobyt_worker.protocol import RecipientStatus, Status
-from mobyt_worker.store import OrderStore, connect
+from mobyt_worker.store import OrderStore
 
 PARIS = ZoneInfo("Europe/Paris")
 A, B = "+33612345670", "+33612345676"
 
 
 @pytest.fixture
-def store(redis_url):
-    client = connect(redis_url)
-    yield OrderStore(client, "t", ttl=3600, poll_intervals=(10, 20, 40))
-    client.close()
+def store(redis_client):
+    return OrderStore(redis_client, "t", ttl=3600, poll_intervals=(10, 20, 40))
 
 
 def accept(store: OrderStore, oid: str = "O1", recipients=(A, B)) -> None:

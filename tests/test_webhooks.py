@@ -3,6 +3,7 @@ server, the simulator pushing statuses and inbound SMS, real workers and Redis."
 
 from __future__ import annotations
 
+import logging
 import secrets
 import subprocess
 import sys
@@ -138,7 +139,8 @@ def status_events(rt: Runtime, order_id: str) -> list[dict[str, str]]:
 
 def test_simulator_pushes_through_gunicorn_update_order_and_inbox_and_the_token_is_never_logged(
         gunicorn, web_runtime, simulator, start_process, redis_url, caplog):
-    worker = start_process("worker")
+    caplog.set_level(logging.DEBUG, logger="mobyt_worker")  # the package's records, not only warnings
+    worker = start_process("worker", env={"MOBYT_WEBHOOK_TOKEN": TOKEN})  # as a deployment's shared .env does
     status_url, inbound_url = urls(gunicorn.url)
     simulator.configure_push(status_url=status_url, inbound_url=inbound_url)
     client = bare_client(redis_url)
