@@ -344,6 +344,13 @@ for _, id in ipairs(ids) do redis.call('ZADD', due, tonumber(now) + lease, id) e
 return ids
 """
 
+# A bulk request's intent, once its chunks are recorded: read from P:batch:{id} from now on.
+# Only a record still 'queued' goes (an order of the same id that was really sent stays).
+_DROP_INTENT = """
+if redis.call('HGET', KEYS[1], 'state') == 'queued' then redis.call('DEL', KEYS[1]) end
+return redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
 # Release a lock only if we still hold it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -381,6 +388,7 @@ class OrderStore:
         self._apply = client.register_script(_APPLY)
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._release = client.register_script(_RELEASE)
+        self._drop_intent = client.register_script(_DROP_INTENT)
 
     # --- sending -------------------------------------------------------------------
 
@@ -568,11 +576,14 @@ class OrderStore:
     # --- batches -----------------------------------------------------------------------
 
     def record_batch(self, batch_id: str, order_ids: Sequence[str]) -> None:
+        """The chunks of a bulk send; the bulk request itself (an intent, if a producer
+        wrote one) becomes ``batched`` and is no longer replayed."""
         key = self.keys.batch(batch_id)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={str(i): oid for i, oid in enumerate(order_ids)})
             pipe.expire(key, self.ttl)
             pipe.execute()
+        self._drop_intent(keys=[self.keys.order(batch_id), self.keys.intents], args=[batch_id])
 
     def batch_orders(self, batch_id: str) -> list[str]:
         chunks = cast(dict[str, str], self.redis.hgetall(self.keys.batch(batch_id)))

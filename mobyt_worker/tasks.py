@@ -120,20 +120,26 @@ def send_sms(
 def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str, Any]:
     """One order per chunk, all tied to ``batch_id``; chunk ids are deterministic, so a
     redelivered bulk task enqueues the same chunks and each is still sent once."""
-    size = _runtime().settings.bulk_chunk_size
+    rt = _runtime()
+    size = rt.settings.bulk_chunk_size
     chunks = [request.recipients[i:i + size] for i in range(0, len(request.recipients), size)]
     order_ids = [chunk_order_id(batch_id, i) for i in range(len(chunks))]
-    _runtime().store.record_batch(batch_id, order_ids)
-    for oid, chunk in zip(order_ids, chunks):
-        send_sms.apply_async(
-            kwargs={
-                "recipients": list(chunk), "message": request.message, "message_type": request.message_type,
-                "sender": request.sender, "order_id": oid, "return_credits": request.return_credits,
-                "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
-                "batch_id": batch_id,
-            },
-            task_id=f"{batch_id}-{oid}", queue=QUEUE,
-        )
+    sends = [
+        (f"{batch_id}-{oid}", {
+            "recipients": list(chunk), "message": request.message, "message_type": request.message_type,
+            "sender": request.sender, "order_id": oid, "return_credits": request.return_credits,
+            "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
+            "batch_id": batch_id,
+        })
+        for oid, chunk in zip(order_ids, chunks)
+    ]
+    # Each chunk is an intent before its message exists, as a producer's send is: a chunk
+    # message the broker loses is replayed. Only then does the batch stop being an intent.
+    for task_id, kwargs in sends:
+        rt.intents.record(kwargs["order_id"], task_id, kwargs)
+    rt.store.record_batch(batch_id, order_ids)
+    for task_id, kwargs in sends:
+        send_sms.apply_async(kwargs=kwargs, task_id=task_id, queue=QUEUE)
     return {"order_id": batch_id, "batch_id": batch_id, "orders": order_ids,
             "recipients": len(request.recipients), "credits": request.credits, "status": "batched"}
 

@@ -203,3 +203,15 @@ def test_a_late_earlier_status_does_not_move_a_recipient_back(store):
     assert store.get_order("O1").recipients[A].status == "WAIT4DLVR"
     assert store.apply_statuses("O1", [RecipientStatus(A, Status.ERROR, None)], source="push")
     assert store.get_order("O1").recipients[A].status == "ERROR"
+
+
+def test_a_recorded_batch_ends_its_intent_but_never_a_real_order(store):
+    store.redis.hset(store.keys.order("BULK1"), mapping={"order_id": "BULK1", "state": "queued"})
+    store.redis.zadd(store.keys.intents, {"BULK1": 1, "BULK2": 1})
+    store.record_batch("BULK1", ["C0", "C1"])
+    assert store.batch_orders("BULK1") == ["C0", "C1"]
+    assert store.get_order("BULK1") is None  # no longer an intent the replay job would publish again
+    assert store.redis.zscore(store.keys.intents, "BULK1") is None
+    accept(store, "BULK2")  # an order sent under the same id earlier keeps its record
+    store.record_batch("BULK2", ["C2"])
+    assert store.require_order("BULK2").state == "accepted"
