@@ -4,6 +4,9 @@ exactly once, and the worker says it lost the broker."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import redis
 
 from mobyt_worker.store import OrderStore, connect
@@ -22,7 +25,18 @@ def everysec(server: RedisServer) -> None:
     client.close()
 
 
-def test_redis_restart_crossing_queued_and_unacked_sends_bills_each_order_once(simulator, start_process):
+def crash_and_start(server: RedisServer) -> None:
+    """SIGKILL: what the AOF had not yet written to disk (up to a second) is gone."""
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait(10)
+    server.proc = None
+    time.sleep(1.0)
+    server.start()
+
+
+@pytest.mark.parametrize("how", ["restart", "crash"])
+def test_redis_restart_crossing_queued_and_unacked_sends_bills_each_order_once(how, simulator, start_process):
     server = RedisServer(appendonly=True).start()
     everysec(server)
     worker = None
@@ -39,7 +53,10 @@ def test_redis_restart_crossing_queued_and_unacked_sends_bills_each_order_once(s
         probe.close()
         assert queued > 0 and unacked > 0, (queued, unacked)  # both kinds cross the restart
 
-        server.restart(down_for=1.0)
+        if how == "restart":
+            server.restart(down_for=1.0)
+        else:
+            crash_and_start(server)
         everysec(server)
         simulator.set_latency(0.0)
 
