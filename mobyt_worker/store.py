@@ -521,6 +521,7 @@ class OrderStore:
                 pipe.multi()
                 fields = {"state": state, **(_error_fields(error) if error is not None else {}), **more}
                 pipe.hset(key, mapping=cast(Mapping[Any, Any], fields))
+                self._refresh_ttl(pipe, order_id)
                 for zset in drop:
                     pipe.zrem(zset, order_id)
 
@@ -561,14 +562,21 @@ class OrderStore:
         """The provider forgets statuses after 30 days: stop following the order."""
         with self.redis.pipeline() as pipe:
             pipe.hset(self.keys.order(order_id), mapping={"state": EXPIRED, "final": 1})
+            self._refresh_ttl(pipe, order_id)
             pipe.zrem(self.keys.due, order_id)
             pipe.execute()
         self._event({"type": "order", "order_id": order_id, "state": EXPIRED, "at": now_iso()})
+
+    def _refresh_ttl(self, pipe: redis.client.Pipeline, order_id: str) -> None:
+        """Tracking keys live ``ttl`` seconds after the order's last change, whatever it was."""
+        for key in self.keys.order_keys(order_id):
+            pipe.expire(key, self.ttl)
 
     def mark_cancelled(self, order_id: str) -> None:
         with self.redis.pipeline() as pipe:
             pipe.hset(self.keys.order(order_id),
                       mapping={"state": CANCELLED, "cancelled": 1, "final": 1, "cancelled_at": now_iso()})
+            self._refresh_ttl(pipe, order_id)
             pipe.zrem(self.keys.due, order_id)
             pipe.execute()
         self._event({"type": "order", "order_id": order_id, "state": CANCELLED, "at": now_iso()})
@@ -576,8 +584,8 @@ class OrderStore:
     # --- batches -----------------------------------------------------------------------
 
     def record_batch(self, batch_id: str, order_ids: Sequence[str]) -> None:
-        """The chunks of a bulk send; the bulk request itself (an intent, if a producer
-        wrote one) becomes ``batched`` and is no longer replayed."""
+        """The chunks of a bulk send; the bulk request's own intent, if a producer wrote
+        one, is dropped: the batch is read from ``P:batch:{id}`` and never replayed."""
         key = self.keys.batch(batch_id)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={str(i): oid for i, oid in enumerate(order_ids)})

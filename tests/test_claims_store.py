@@ -111,8 +111,6 @@ def _fail(store: OrderStore) -> None:
     store.mark_failed("TTL3", RuntimeError("refused"))
 
 
-@pytest.mark.xfail(strict=True, reason="mark_cancelled, expire_order and mark_failed change the order's "
-                                       "state without EXPIRE: its keys keep the TTL of the previous change")
 @pytest.mark.parametrize("change", [_cancel, _expire, _fail], ids=["cancelled", "expired", "failed"])
 def test_a_state_change_gives_the_record_its_full_ttl_again(client, change):
     store = OrderStore(client, "mobyt", ttl=TTL)
