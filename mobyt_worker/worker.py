@@ -12,7 +12,6 @@ from celery import Celery
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
-    celeryd_after_setup,
     task_failure,
     task_postrun,
     task_prerun,
@@ -20,7 +19,7 @@ from celery.signals import (
     task_success,
 )
 
-from . import affinity, logs
+from . import logs
 from .config import Settings
 from .runtime import Runtime
 from .store import REDIS_RETRY, Keys, parse_sentinel_url
@@ -122,12 +121,6 @@ def _every(task: str, seconds: float, *, expires: float | None = None) -> dict[s
 
 
 app = create_app(Settings.from_env())
-
-
-@celeryd_after_setup.connect
-def _pin_to_cpu(**_: object) -> None:
-    """MOBYT_WORKER_CPU (see affinity.py), once logging is set up and before the pool starts."""
-    affinity.pin_process(app.runtime.settings.worker_cpu)  # type: ignore[attr-defined]
 
 
 # --- structured logs (see logs.py): task and order ids on every line, numbers masked ---------
