@@ -28,7 +28,7 @@ demo: install redis-server
 test: install-test
 	$(BIN)/pytest
 
-# Figures of the README's performance section (about 6 minutes; redis-server as for the tests)
+# Figures of the README's performance section (about 10 minutes; redis-server as for the tests)
 bench: install-test
 	$(BIN)/python bench/pipeline_throughput.py
 	$(BIN)/python bench/send_steps.py

@@ -106,6 +106,7 @@ def main() -> int:
     for latency in (0.0, 0.1):
         runs += [("peer", latency), ("ours", latency)]
     rates: dict[tuple[str, float | None], list[float]] = {run: [] for run in runs}
+    cpus: dict[tuple[str, float | None], list[float]] = {run: [] for run in runs}  # worker ms per task
     exactly_once = True
     with Stack() as stack:
         server = stack.redis()
@@ -125,6 +126,7 @@ def main() -> int:
                 if tag == "ours":
                     exactly_once &= sim.stats()["billed"] == n
                 rates[tag, latency].append(result["rate"])
+                cpus[tag, latency].append(result["cpu_ms"]["worker"])
             for latency in (0.0, 0.1):
                 print(f"  ours / peer at {latency * 1000:.0f} ms: "
                       f"{rates['ours', latency][-1] / rates['peer', latency][-1]:.2f}x")
@@ -138,6 +140,10 @@ def main() -> int:
         print(f"  {latency * 1000:3.0f} ms provider: peer {min(peer):.0f}-{max(peer):.0f}/s, "
               f"ours {min(ours):.0f}-{max(ours):.0f}/s, ours/peer {' '.join(f'{r:.2f}x' for r in ratios)} "
               f"(goal >= 1.0x, floor 0.9x: {verdict})")
+        peer_cpu, ours_cpu = cpus["peer", latency], cpus["ours", latency]
+        print(f"                   worker CPU per task: peer {min(peer_cpu):.2f}-{max(peer_cpu):.2f} ms, "
+              f"ours {min(ours_cpu):.2f}-{max(ours_cpu):.2f} ms, ours/peer "
+              + " ".join(f"{o / p:.2f}" for o, p in zip(ours_cpu, peer_cpu)))
     print(f"every one of our sends billed exactly once by the simulator: {'yes' if exactly_once else 'NO'}")
     return 0 if exactly_once else 1
 
