@@ -23,7 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
 
 from . import errors
 
@@ -101,7 +101,8 @@ class Route:
 
 
 def route_for(session: requests.Session, url: str) -> Route:
-    where = f"POST {urlsplit(url).hostname}{urlsplit(url).path}"
+    parts = urlsplit(url)
+    where = f"POST {parts.hostname}{parts.path}"
     _check_url(url, where)
     template = requests.PreparedRequest()
     try:
@@ -160,7 +161,7 @@ class HttpTransport:
             raise errors.ProviderConnectError(f"{route.where}: {_why_unsent(exc.__cause__)}") from None
         except requests.Timeout:
             raise errors.ProviderTimeout(f"{route.where}: no answer in time") from None
-        except requests.RequestException:
+        except (requests.RequestException, HTTPError, OSError):  # whatever urllib3 left unwrapped: ambiguous too
             raise errors.ProviderDisconnected(f"{route.where}: connection dropped after sending") from None
         return HttpResponse(answer.status_code, answer.content.decode("utf-8", errors="replace"))  # the seed says UTF-8
 
