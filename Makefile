@@ -48,7 +48,7 @@ test: install-test rabbitmq
 unit: install-unit
 	$(BIN)/pytest -m "not integration"
 
-# Figures of the README's performance section (about 6 minutes; redis-server as for the tests)
+# Figures of the README's performance section (about 10 minutes; redis-server as for the tests)
 bench: install-test
 	$(BIN)/python bench/pipeline_throughput.py
 	$(BIN)/python bench/send_steps.py

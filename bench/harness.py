@@ -85,12 +85,12 @@ class Simulator:
 
 class Worker:
     """The Procfile's ``worker`` line (threads pool), loading ``app`` (default: bench.benchapp,
-    which is mobyt_worker.worker plus one no-op task)."""
+    which is mobyt_worker.worker plus the bench's tasks), after ``prefix`` (e.g. ``taskset -c 0``)."""
 
     def __init__(self, env: dict[str, str], *, concurrency: int = 64, name: str = "bench",
-                 app: str = "bench.benchapp", loglevel: str = "warning") -> None:
+                 app: str = "bench.benchapp", loglevel: str = "warning", prefix: Sequence[str] = ()) -> None:
         self.log = Path(tempfile.mkstemp(prefix=f"mobyt-bench-{name}-", suffix=".log")[1])
-        args = [str(BIN / "celery"), "-A", app, "worker", "--pool", "threads", "--concurrency", str(concurrency),
+        args = [*prefix, str(BIN / "celery"), "-A", app, "worker", "--pool", "threads", "--concurrency", str(concurrency),
                 "-Q", QUEUE, "-n", f"{name}@%h", "-l", loglevel]
         full_env = {**os.environ, **env, "MOBYT_WORKER_CONCURRENCY": str(concurrency),
                     "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}

@@ -8,6 +8,9 @@ against a private redis-server and the simulator in its own process:
   post      MobytClient.send_sms (one SENDSMS over a kept-alive connection)
   accept    OrderStore.mark_accepted (one Lua call: state, recipients, first poll, event, unlock)
 
+Beside them, ``peer``: the same SENDSMS as a plain ``requests.Session().post`` (what a
+user writes instead, bench.benchapp's peer task), in the same thread, sends interleaved.
+
 CPU is this thread's (``time.thread_time``), so waiting for Redis or the simulator is
 not counted; each figure is the mean over N sends after 200 unmeasured ones.
 
@@ -20,6 +23,7 @@ import argparse
 import time
 from datetime import datetime, timezone
 
+import requests
 from harness import LOGIN, PASSWORD, Stack, machine
 
 from mobyt_worker import sms
@@ -51,6 +55,16 @@ def one_send(rt: Runtime, i: int, spent: dict[str, float]) -> None:
         spent[step] += cost
 
 
+def peer_post(session: requests.Session, url: str, i: int) -> float:
+    """CPU of one SENDSMS posted the way bench.benchapp's peer task posts it."""
+    t0 = time.thread_time()
+    answer = session.post(url, timeout=(5.0, 30.0), data={
+        "login": LOGIN, "password": PASSWORD, "message_type": "N", "recipient": f"+336{i:07d}{i % 6}",
+        "message": f"Votre code: {i:06d}", "sender": "BENCH"})
+    answer.raise_for_status()
+    return time.thread_time() - t0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sends", type=int, default=3000, help="measured sends (default 3000)")
@@ -64,16 +78,22 @@ def main() -> int:
         spent = dict.fromkeys(STEPS, 0.0)
         for i in range(200):  # warm-up: connections, scripts loaded, caches
             one_send(rt, i, spent)
+        session, url, peer = requests.Session(), rt.settings.url_for("SENDSMS"), 0.0
+        for i in range(200):
+            peer_post(session, url, i)
         spent = dict.fromkeys(STEPS, 0.0)
         for i in range(200, 200 + args.sends):
             one_send(rt, i, spent)
-        billed = sim.stats()["billed"]
+            peer += peer_post(session, url, i)
+        billed = sim.stats()["billed"] - 200 - args.sends  # ours only
         rt.close()
     total = sum(spent.values())
     print(f"{args.sends} sends, one thread, CPU per send (mean):")
     for step in STEPS:
         print(f"  {step:<9} {spent[step] / args.sends * 1e6:6.0f} µs")
     print(f"  {'total':<9} {total / args.sends * 1e6:6.0f} µs   (billed by the simulator: {billed})")
+    print(f"  {'peer':<9} {peer / args.sends * 1e6:6.0f} µs   requests.Session().post of the same SENDSMS "
+          f"(post / peer = {spent['post'] / peer:.2f})")
     return 0 if billed == args.sends + 200 else 1
 
 

@@ -13,7 +13,6 @@ from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .affinity import AUTO, OFF, allowed_cpus
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -81,7 +80,6 @@ class Settings:
     non_gsm: str = "transliterate"
     webhook_token: Secret = field(default_factory=lambda: Secret(""))
     worker_concurrency: int = 64
-    worker_cpu: str = OFF
     visibility_timeout: int = 600
     shutdown_grace: float = 20.0
     task_time_limit: int = 300
@@ -152,6 +150,7 @@ class Settings:
         for function in DEFAULT_PATHS:
             paths[function] = get(f"MOBYT_PATH_{function}", _path(f"MOBYT_PATH_{function}"), paths[function])
 
+        concurrency = get("MOBYT_WORKER_CONCURRENCY", _positive(int), d.worker_concurrency)
         return cls(
             login=env.get("MOBYT_LOGIN", "").strip(),
             password=Secret(env.get("MOBYT_PASSWORD", "")),
@@ -161,7 +160,7 @@ class Settings:
             country=get("MOBYT_COUNTRY", _country, d.country),
             connect_timeout=get("MOBYT_CONNECT_TIMEOUT", _positive(float), d.connect_timeout),
             read_timeout=get("MOBYT_READ_TIMEOUT", _positive(float), d.read_timeout),
-            pool_size=get("MOBYT_HTTP_POOL_SIZE", _positive(int), d.pool_size),
+            pool_size=get("MOBYT_HTTP_POOL_SIZE", _positive(int), concurrency),  # one connection per thread
             redis_url=get("REDIS_URL", _redis_url, d.redis_url),
             sentinel_master=get("MOBYT_REDIS_SENTINEL_MASTER", str, d.sentinel_master),
             key_prefix=get("MOBYT_KEY_PREFIX", _prefix, d.key_prefix),
@@ -169,8 +168,7 @@ class Settings:
             default_message_type=get("MOBYT_DEFAULT_MESSAGE_TYPE", _choice("N", "L"), d.default_message_type),
             non_gsm=get("MOBYT_NON_GSM", _choice("transliterate", "reject"), d.non_gsm),
             webhook_token=Secret(env.get("MOBYT_WEBHOOK_TOKEN", "")),
-            worker_concurrency=get("MOBYT_WORKER_CONCURRENCY", _positive(int), d.worker_concurrency),
-            worker_cpu=get("MOBYT_WORKER_CPU", _worker_cpu, d.worker_cpu),
+            worker_concurrency=concurrency,
             visibility_timeout=get("MOBYT_VISIBILITY_TIMEOUT", _positive(int), d.visibility_timeout),
             shutdown_grace=get("MOBYT_SHUTDOWN_GRACE", _positive(float), d.shutdown_grace),
             task_time_limit=get("MOBYT_TASK_TIME_LIMIT", _positive(int), d.task_time_limit),
@@ -250,16 +248,6 @@ def _choice(*allowed: str) -> Callable[[str], str]:
         raise ValueError(f"must be one of {', '.join(allowed)}")
 
     return convert
-
-
-def _worker_cpu(raw: str) -> str:
-    """``off``, ``auto`` or the number of a CPU this process may run on (see affinity.py)."""
-    if raw.lower() in (OFF, AUTO):
-        return raw.lower()
-    allowed = allowed_cpus()
-    if not raw.isdigit() or int(raw) not in allowed:
-        raise ValueError(f"must be off, auto or one of the CPUs this process may use ({allowed})")
-    return str(int(raw))
 
 
 def _tokens(raw: str) -> tuple[Secret, ...]:

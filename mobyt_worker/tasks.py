@@ -125,7 +125,7 @@ def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str
     chunks = [request.recipients[i:i + size] for i in range(0, len(request.recipients), size)]
     order_ids = [chunk_order_id(batch_id, i) for i in range(len(chunks))]
     sends = [
-        (f"{batch_id}-{oid}", {
+        (oid, f"{batch_id}-{oid}", {
             "recipients": list(chunk), "message": request.message, "message_type": request.message_type,
             "sender": request.sender, "order_id": oid, "return_credits": request.return_credits,
             "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
@@ -135,10 +135,10 @@ def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str
     ]
     # Each chunk is an intent before its message exists, as a producer's send is: a chunk
     # message the broker loses is replayed. Only then does the batch stop being an intent.
-    for task_id, kwargs in sends:
-        rt.intents.record(kwargs["order_id"], task_id, kwargs)
+    for oid, task_id, kwargs in sends:
+        rt.intents.record(oid, task_id, kwargs)
     rt.store.record_batch(batch_id, order_ids)
-    for task_id, kwargs in sends:
+    for _, task_id, kwargs in sends:
         send_sms.apply_async(kwargs=kwargs, task_id=task_id, queue=QUEUE)
     return {"order_id": batch_id, "batch_id": batch_id, "orders": order_ids,
             "recipients": len(request.recipients), "credits": request.credits, "status": "batched"}

@@ -1,34 +1,29 @@
-"""One HTTP exchange with the provider, and the one place where its failures get a type.
+"""One HTTP exchange with the provider through ``requests``, and the one place where its failures get a type.
 
 The client above sees :class:`HttpResponse` (whatever its status: the client judges
-that) or an error from :mod:`mobyt_worker.errors`, never a library exception. Every provider call is the same small thing: one form POST
-to one host, answered with one short body. :class:`HttpTransport` does exactly that
-with the standard library's ``http.client`` over a small pool of keep-alive
-connections: ``requests``, and urllib3 under it, spent more CPU per call than the
-exchange itself, and sends are CPU-bound inside a worker process
-(bench/pipeline_throughput.py).
+that) or an error from :mod:`mobyt_worker.errors`, never a ``requests`` exception.
 
 Whether a failed request may have reached the provider decides what the caller may do
-next, so every error says so: ``ProviderConnectError`` only where the request certainly
-never left (the connection, the proxy tunnel or the TLS handshake failed); anything
-later is ambiguous.
+next, so every error says so. ``ProviderConnectError`` only on evidence that nothing
+left: the failure was raised inside the connection's ``connect()`` (DNS, TCP, the
+proxy's CONNECT, the TLS handshake), which urllib3 calls before writing a byte of the
+request. Anything later is ambiguous, whatever its type: an ``SSLError`` or a reset
+while reading the answer happens after the provider may have received the request.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
 import os
-import select
-import socket
-import ssl
 import threading
-import urllib.request
-from dataclasses import dataclass, field
-from typing import Mapping, Protocol
-from urllib.parse import unquote, urlencode, urlsplit
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+from urllib.parse import urlencode, urlsplit
 
-import certifi
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
 
 from . import errors
 
@@ -47,155 +42,149 @@ class Transport(Protocol):
     def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse: ...
 
 
+class NotSent(Exception):
+    """A connection could not be opened: the request had not started. ``__cause__`` says why."""
+
+
+class _ConnectGuard:
+    """Mixed into urllib3's connection classes: ``connect()`` covers TCP, the proxy's
+    CONNECT and the TLS handshake, all before the first byte of the request."""
+
+    def connect(self) -> None:
+        try:
+            super().connect()  # type: ignore[misc]
+        except Exception as exc:
+            raise NotSent from exc
+
+
+class _GuardedHTTPConnection(_ConnectGuard, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_ConnectGuard, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class GuardedAdapter(HTTPAdapter):
+    """requests' adapter, its connections (direct or through a proxy) raising :class:`NotSent`
+    from ``connect()``; nothing above urllib3 catches that type, so it reaches the transport."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
 @dataclass(frozen=True)
 class Route:
-    """How to reach one URL: the socket to open, the request's head, how to name it."""
+    """How this process sends to one URL: the request without its body, and the proxy and
+    CA settings the environment gives (``requests`` resolves them on every call unless
+    handed them; the environment does not change under a running process)."""
 
     where: str  # "POST host/path": errors and logs name a request this way, never more
-    https: bool
-    address: tuple[str, int]  # the provider, or the proxy in front of it
-    head: str  # request line and headers, up to the Content-Length value
-    tunnel: tuple[str, int] | None = None  # the provider behind an HTTPS proxy (CONNECT)
-    tunnel_headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def key(self) -> tuple[bool, tuple[str, int], tuple[str, int] | None]:
-        """Routes with the same key can share connections."""
-        return self.https, self.address, self.tunnel
+    template: requests.PreparedRequest
+    settings: dict[str, Any]
 
 
-def route_for(url: str) -> Route:
-    """Direct, or through the proxy ``HTTP(S)_PROXY`` names unless ``NO_PROXY`` excludes the host."""
+def route_for(session: requests.Session, url: str) -> Route:
     parts = urlsplit(url)
     where = f"POST {parts.hostname}{parts.path}"
+    _check_url(url, where)
+    template = requests.PreparedRequest()
     try:
-        port = parts.port
+        template.prepare(method="POST", url=url, headers=HEADERS)
+    except (requests.RequestException, ValueError):
+        raise errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL") from None
+    settings = dict(session.merge_environment_settings(url, {}, False, None, None))
+    if settings["verify"] is True and os.environ.get("SSL_CERT_FILE"):
+        settings["verify"] = os.environ["SSL_CERT_FILE"]  # requests reads only REQUESTS_CA_BUNDLE
+    return Route(where, template, settings)
+
+
+def _check_url(url: str, where: str) -> None:
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
     except ValueError:
-        port = -1
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or not url.isprintable() \
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or not url.isprintable() \
             or " " in url:
         raise errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL")
-    https = parts.scheme == "https"
-    host, port = parts.hostname, port or (443 if https else 80)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    headers = {"Host": parts.netloc.rpartition("@")[2], **HEADERS}
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if not proxy or urllib.request.proxy_bypass(host):
-        return Route(where, https, (host, port), _head(path, headers))
-    via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    auth = {}
-    if via.username:
-        pair = f"{unquote(via.username)}:{unquote(via.password or '')}".encode()
-        auth = {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
-    address = (via.hostname or "", via.port or 80)
-    if https:  # the proxy relays bytes only: TLS runs end to end with the provider
-        return Route(where, True, address, _head(path, headers), tunnel=(host, port), tunnel_headers=auth)
-    return Route(where, False, address, _head(url, headers | auth))  # the proxy forwards the whole URL
 
 
-def _head(target: str, headers: Mapping[str, str]) -> str:
-    lines = [f"POST {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
-    return "\r\n".join(lines) + "\r\nContent-Length: "
+def new_session(pool_size: int) -> requests.Session:
+    """One pool of ``pool_size`` keep-alive connections per host; nothing retried here
+    (whether a request may be repeated is the client's decision)."""
+    session = requests.Session()
+    adapter = GuardedAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 class HttpTransport:
-    """POSTs form bodies over keep-alive connections shared by all threads of a process.
+    """POSTs form bodies through one ``requests.Session`` per process, shared by its threads.
 
-    The request, always one small form, is written in one piece; ``http.client`` reads
-    the answer. Idle sockets wait in a stack per route (at most ``pool_size`` each); one
-    the provider closed meanwhile is noticed before use and replaced. Nothing is retried
-    or redirected here: whether a request may be repeated is the client's decision. TLS
-    is verified against ``SSL_CERT_FILE`` when set, certifi's bundle otherwise. The pool
-    is emptied after a fork (prefork children must not share their parent's sockets).
+    A session made before a fork stays the parent's: a prefork child builds its own.
+    Redirects are not followed (a 3xx reaches the client, which refuses it).
     """
 
     def __init__(self, pool_size: int = 64) -> None:
         self._pool_size = pool_size
         self._lock = threading.Lock()
+        self._pid = 0
+        self._session: requests.Session | None = None
         self._routes: dict[str, Route] = {}
-        self._idle: dict[tuple, list[socket.socket]] = {}
-        self._tls: ssl.SSLContext | None = None
-        self._pid = os.getpid()
 
     def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
-        route = self._routes.get(url) or self._routes.setdefault(url, route_for(url))
-        sock = self._checkout(route) or self._connect(route, timeout)
-        body = urlencode(data).encode()
+        session, route = self._route(url)
+        request = route.template.copy()
+        request.body = urlencode(data).encode()
+        request.headers["Content-Length"] = str(len(request.body))
         try:
-            sock.sendall(f"{route.head}{len(body)}\r\n\r\n".encode() + body)
-            answer = http.client.HTTPResponse(sock, method="POST")
-            answer.begin()
-            text = answer.read()
-        except TimeoutError:
-            sock.close()
+            answer = session.send(request, timeout=timeout, allow_redirects=False, **route.settings)
+        except NotSent as exc:
+            raise errors.ProviderConnectError(f"{route.where}: {_why_unsent(exc.__cause__)}") from None
+        except requests.Timeout:
             raise errors.ProviderTimeout(f"{route.where}: no answer in time") from None
-        except (OSError, http.client.HTTPException):
-            sock.close()
+        except (requests.RequestException, HTTPError, OSError):  # whatever urllib3 left unwrapped: ambiguous too
             raise errors.ProviderDisconnected(f"{route.where}: connection dropped after sending") from None
-        if answer.will_close:
-            sock.close()
-        else:
-            self._checkin(route, sock)
-        return HttpResponse(answer.status, text.decode("utf-8", errors="replace"),  # the seed says UTF-8
-                            _seconds(answer.getheader("Retry-After")))
+        return HttpResponse(answer.status_code, answer.content.decode("utf-8", errors="replace"),  # the seed says UTF-8
+                            _seconds(answer.headers.get("Retry-After")))
 
-    def _connect(self, route: Route, timeout: tuple[float, float]) -> socket.socket:
-        """A new connection, open and ready; a failure here means nothing was sent."""
-        if route.https:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                *route.address, timeout=timeout[0], context=self._tls_context())
-        else:
-            conn = http.client.HTTPConnection(*route.address, timeout=timeout[0])
-        if route.tunnel:
-            conn.set_tunnel(*route.tunnel, headers=route.tunnel_headers)
-        try:
-            conn.connect()  # TCP, then the proxy's CONNECT and the TLS handshake when needed
-        except ssl.SSLCertVerificationError:
-            conn.close()
-            raise errors.ProviderConnectError(f"{route.where}: TLS certificate refused") from None
-        except TimeoutError:
-            conn.close()
-            raise errors.ProviderConnectError(f"{route.where}: connect timed out") from None
-        except (OSError, http.client.HTTPException):  # refused, unresolvable, tunnel or handshake refused
-            conn.close()
-            raise errors.ProviderConnectError(f"{route.where}: cannot connect") from None
-        sock = conn.sock
-        sock.settimeout(timeout[1])  # from now on, the wait for each answer
-        return sock
-
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            self._tls = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or certifi.where())
-        return self._tls
-
-    def _checkout(self, route: Route) -> socket.socket | None:
-        """An idle connection still open at the other end, or None."""
-        while True:
+    def _route(self, url: str) -> tuple[requests.Session, Route]:
+        if self._pid != os.getpid():
             with self._lock:
-                if self._pid != os.getpid():
-                    self._idle, self._pid = {}, os.getpid()  # the parent's sockets stay the parent's
-                idle = self._idle.get(route.key)
-                if not idle:
-                    return None
-                sock = idle.pop()
-            if not _closed_by_peer(sock):
-                return sock
-            sock.close()
-
-    def _checkin(self, route: Route, sock: socket.socket) -> None:
-        with self._lock:
-            idle = self._idle.setdefault(route.key, [])
-            if self._pid == os.getpid() and len(idle) < self._pool_size:
-                idle.append(sock)
-                return
-        sock.close()
+                if self._pid != os.getpid():  # first call, or first in a forked child
+                    self._session, self._routes = new_session(self._pool_size), {}
+                    self._pid = os.getpid()
+        session = self._session
+        assert session is not None
+        route = self._routes.get(url)
+        if route is None:
+            route = self._routes.setdefault(url, route_for(session, url))
+        return session, route
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, {}
-            if self._pid == os.getpid():
-                for sock in (s for stack in idle.values() for s in stack):
-                    sock.close()
+            if self._session is not None and self._pid == os.getpid():
+                self._session.close()
+            self._pid, self._routes = 0, {}
 
 
 def _seconds(value: str | None) -> float | None:
@@ -206,8 +195,13 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """An idle keep-alive socket that is readable has been closed (or spoke out of turn)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+def _why_unsent(cause: BaseException | None) -> str:
+    if isinstance(cause, NameResolutionError):
+        return "host name does not resolve"
+    if isinstance(cause, ConnectTimeoutError) and not isinstance(cause, NewConnectionError):
+        return "connect timed out"
+    if getattr(cause, "verify_code", None) is not None:  # ssl.SSLCertVerificationError
+        return "TLS certificate refused"
+    if isinstance(cause, OSError) and str(cause).startswith("Tunnel connection failed"):
+        return "the proxy refused the tunnel"
+    return "cannot connect"

@@ -16,7 +16,6 @@ from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     beat_init,
-    celeryd_after_setup,
     task_failure,
     task_postrun,
     task_prerun,
@@ -26,7 +25,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from . import affinity, broker, kombu_fix, logs
+from . import broker, kombu_fix, logs
 from .config import Settings
 from .heartbeat import Heartbeat
 from .producer import attach_intents
@@ -141,12 +140,6 @@ def _every(task: str, seconds: float, *, expires: float | None = None) -> dict[s
 
 
 app = create_app(Settings.from_env())
-
-
-@celeryd_after_setup.connect
-def _pin_to_cpu(**_: object) -> None:
-    """MOBYT_WORKER_CPU (see affinity.py), once logging is set up and before the pool starts."""
-    affinity.pin_process(app.runtime.settings.worker_cpu)  # type: ignore[attr-defined]
 
 
 # --- structured logs (see logs.py): task and order ids on every line, numbers masked ---------

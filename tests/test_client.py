@@ -397,16 +397,25 @@ def test_password_never_leaks(server, sim, caplog):
         assert "s3cr3t" not in text
 
 
+def provider_pool(transport: HttpTransport, url: str):
+    """The one urllib3 pool the transport's session holds (for ``url``'s host)."""
+    pools = transport._session.get_adapter(url).poolmanager.pools
+    (key,) = pools.keys()
+    return pools[key]
+
+
 def test_transport_reuses_connections_but_not_across_a_fork(server, sim, monkeypatch):
     transport = HttpTransport(pool_size=2)
     url, data = f"{server.url}/Mobyt/CREDITS", {"login": LOGIN, "password": PASSWORD}
     assert transport.post(url, data, (1, 2)).text.startswith("OK")
-    first = next(iter(transport._idle.values()))[0]
     transport.post(url, data, (1, 2))
-    assert next(iter(transport._idle.values())) == [first]  # kept alive and reused
+    parent = provider_pool(transport, url)
+    assert (parent.num_connections, parent.num_requests) == (1, 2)  # kept alive and reused
     monkeypatch.setattr("os.getpid", lambda: -1)  # as seen from a forked child
     transport.post(url, data, (1, 2))
-    assert first not in next(iter(transport._idle.values()))
+    child = provider_pool(transport, url)
+    assert child is not parent and (child.num_connections, child.num_requests) == (1, 1)
+    assert parent.num_requests == 2  # the parent's connection was not used by the child
     transport.close()
 
 
@@ -414,10 +423,13 @@ def test_a_connection_the_provider_closed_while_idle_is_replaced(server, sim):
     transport = HttpTransport()
     url, data = f"{server.url}/Mobyt/CREDITS", {"login": LOGIN, "password": PASSWORD}
     transport.post(url, data, (1, 2))
-    idle = next(iter(transport._idle.values()))[0]
-    idle.shutdown(socket.SHUT_RD)  # reads EOF from now on, as after the server's FIN
+    pool = provider_pool(transport, url)
+    idle = next(conn for conn in pool.pool.queue if conn is not None)
+    stale = idle.sock
+    stale.shutdown(socket.SHUT_RD)  # reads EOF from now on, as after the server's FIN
     assert transport.post(url, data, (1, 2)).status == 200
     assert sim.count("CREDITS") == 2
+    assert idle.sock is not None and idle.sock is not stale  # noticed before use, reconnected
     transport.close()
 
 
@@ -484,16 +496,20 @@ def tls_port(certificate):
     listener.close()
 
 
-@pytest.fixture
-def tls_server(sim, certificate, monkeypatch):
-    """The simulator over HTTPS, its certificate trusted through SSL_CERT_FILE."""
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+@pytest.fixture(params=["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
+def tls_server(request, sim, certificate, monkeypatch):
+    """The simulator over HTTPS, its certificate trusted through requests' own variable,
+    or SSL_CERT_FILE when that is unset."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*certificate)
     server = SimulatorServer(sim)
     server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
-    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
-    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", *CA_VARIABLES):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(request.param, str(certificate[0]))
     yield server.start(), server.url.replace("http://", "https://")
     server.stop()
 
@@ -501,7 +517,8 @@ def tls_server(sim, certificate, monkeypatch):
 class ConnectProxy:
     """A bare HTTPS proxy: answers CONNECT, then relays bytes both ways (it sees no plaintext)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes = b"HTTP/1.1 200 Connection established\r\n\r\n") -> None:
+        self.answer = answer
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.requests: list[bytes] = []
@@ -517,9 +534,13 @@ class ConnectProxy:
             while b"\r\n\r\n" not in head:
                 head += client.recv(4096)
             self.requests.append(head)
+            if not self.answer.startswith(b"HTTP/1.1 200"):
+                client.sendall(self.answer)
+                client.close()
+                continue
             host, port = head.split()[1].decode().rsplit(":", 1)
             upstream = socket.create_connection((host, int(port)))
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            client.sendall(self.answer)
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
 
@@ -568,3 +589,59 @@ def test_untrusted_certificate_is_a_connect_error(tls_port):
         with pytest.raises(errors.ProviderConnectError) as info:
             client.credits()
     assert not info.value.ambiguous and "certificate" in info.value.message
+
+
+def test_a_proxy_refusing_the_tunnel_is_a_connect_error(tls_server, sim, monkeypatch):
+    """The CONNECT failed, so the provider never saw the request: even a send may be retried."""
+    _, url = tls_server
+    proxy = ConnectProxy(answer=b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://ops:wrong@127.0.0.1:{proxy.port}")
+    try:
+        with MobytClient(make_settings(url)) as client:
+            with pytest.raises(errors.ProviderConnectError) as info:
+                client.send_sms(send_request("TUNNEL2"))
+    finally:
+        proxy.close()
+    assert not info.value.ambiguous and "proxy" in info.value.message and "wrong" not in str(info.value)
+    assert len(proxy.requests) == 1 and sim.count("SENDSMS") == 0
+
+
+def test_an_answer_lost_after_the_tls_handshake_is_ambiguous(tls_server, sim):
+    """A failure in the TLS layer after the request left is not a handshake failure."""
+    _, url = tls_server
+    sim.inject_fault("SENDSMS", "lost_answer")
+    with MobytClient(make_settings(url)) as client:
+        with pytest.raises(errors.ProviderDisconnected) as info:
+            client.send_sms(send_request("TLSLOST"))
+    assert info.value.ambiguous
+    assert sim.billed_sends("TLSLOST") == 1
+
+
+def test_an_unresolvable_host_is_a_connect_error(monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with MobytClient(make_settings("http://mobyt.invalid"), read_attempts=1) as client:
+        with pytest.raises(errors.ProviderConnectError) as info:
+            client.send_sms(send_request("DNS1"))
+    assert not info.value.ambiguous and "resolve" in info.value.message
+
+
+def test_a_redirect_is_not_followed():
+    """A 3xx reaches the client, which refuses it; the request is not repeated elsewhere."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    heads: list[bytes] = []
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        heads.append(conn.recv(65536))
+        conn.sendall(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:1/x\r\n"
+                     b"Content-Length: 0\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    port = listener.getsockname()[1]
+    with MobytClient(make_settings(f"http://127.0.0.1:{port}")) as client:
+        with pytest.raises(errors.ProviderRejected) as info:
+            client.send_sms(send_request("MOVED1"))
+    listener.close()
+    assert info.value.code == "HTTP307" and len(heads) == 1 and heads[0].startswith(b"POST /Moby/SENDSMS ")

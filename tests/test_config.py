@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 
@@ -35,9 +34,6 @@ def test_defaults_follow_the_spec():
         ("MOBYT_DEFAULT_MESSAGE_TYPE", "X"),
         ("MOBYT_NON_GSM", "ucs2"),
         ("MOBYT_WORKER_CONCURRENCY", "-4"),
-        ("MOBYT_WORKER_CPU", "fast"),
-        ("MOBYT_WORKER_CPU", "4096"),
-        ("MOBYT_WORKER_CPU", "-1"),
         ("MOBYT_POLL_INTERVALS", "15,0,30"),
         ("MOBYT_SEND_RATE_LIMIT", "-1"),
         ("MOBYT_CREDIT_THRESHOLD", "1.5"),
@@ -57,11 +53,9 @@ def test_values_are_parsed():
     assert s.url_for("SMSSTATUS").endswith("/Mobyt/SMSSTATUS")
 
 
-def test_worker_cpu_is_off_auto_or_a_cpu_this_process_may_use():
-    assert Settings.from_env({}).worker_cpu == "off"
-    assert Settings.from_env({"MOBYT_WORKER_CPU": "AUTO"}).worker_cpu == "auto"
-    cpu = max(os.sched_getaffinity(0))
-    assert Settings.from_env({"MOBYT_WORKER_CPU": str(cpu)}).worker_cpu == str(cpu)
+def test_the_http_pool_fits_the_worker_concurrency_unless_set():
+    assert Settings.from_env({"MOBYT_WORKER_CONCURRENCY": "16"}).pool_size == 16
+    assert Settings.from_env({"MOBYT_WORKER_CONCURRENCY": "16", "MOBYT_HTTP_POOL_SIZE": "4"}).pool_size == 4
 
 
 def test_credentials_are_required_only_to_call_the_provider():

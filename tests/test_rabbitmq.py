@@ -15,7 +15,8 @@ from .support import RabbitVhost, wait_for
 
 NUMBER = "+33612345670"
 
-pytestmark = pytest.mark.skipif(not RabbitVhost.available(), reason="RabbitMQ is not running here (make test starts it)")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not RabbitVhost.available(), reason="RabbitMQ is not running here (make test starts it)")]
 
 
 @pytest.fixture

@@ -16,6 +16,9 @@ soak = sys.modules["soak"] = importlib.util.module_from_spec(_spec)  # type: ign
 _spec.loader.exec_module(soak)  # type: ignore[union-attr]
 
 
+pytestmark = pytest.mark.integration  # real workers, beat, redis-server and RabbitMQ
+
+
 @pytest.mark.parametrize("scenario", [
     "storm", "redis",
     "outage",
