@@ -29,13 +29,14 @@ redis-server:
 	@command -v redis-server >/dev/null || { echo "redis-server not found: installing it with apt-get"; \
 		(apt-get update -qq && apt-get install -y -qq redis-server) || { echo "cannot install redis-server" >&2; exit 1; }; }
 
-# The RabbitMQ broker tests use the local server when it is installed (skipped otherwise).
+# The RabbitMQ broker tests need a running rabbitmq-server: installed with apt-get if
+# missing, started if stopped.
 rabbitmq:
-	@if command -v rabbitmq-server >/dev/null && ! rabbitmqctl -q status >/dev/null 2>&1; then \
-		echo "starting rabbitmq-server"; \
+	@command -v rabbitmq-server >/dev/null || { echo "rabbitmq-server not found: installing it with apt-get"; \
+		(apt-get update -qq && apt-get install -y -qq rabbitmq-server) || { echo "cannot install rabbitmq-server" >&2; exit 1; }; }
+	@rabbitmqctl -q status >/dev/null 2>&1 || { echo "starting rabbitmq-server"; \
 		(service rabbitmq-server start >/dev/null 2>&1 || rabbitmq-server -detached) && \
-		timeout 90 rabbitmqctl -q await_startup >/dev/null 2>&1 || echo "rabbitmq-server did not start: its tests are skipped"; \
-	fi
+		timeout 120 rabbitmqctl -q await_startup >/dev/null 2>&1 || { echo "rabbitmq-server did not start" >&2; exit 1; }; }
 
 demo: install redis-server
 	$(BIN)/mobyt demo

@@ -183,6 +183,10 @@ class RabbitVhost:
 
     @staticmethod
     def available(host: str = "127.0.0.1", port: int = 5672) -> bool:
+        """Whether the RabbitMQ tests can run. In CI (``make test`` starts the server) they
+        always run, so a broker that is not there fails them instead of skipping them."""
+        if os.environ.get("CI"):
+            return True
         if not shutil.which("rabbitmqctl"):
             return False
         try:
