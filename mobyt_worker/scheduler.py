@@ -28,6 +28,7 @@ RETRY_PAUSE = 1.0
 class ResilientRedBeatScheduler(RedBeatScheduler):
     """``beat_scheduler``: RedBeat, with ticks that survive Redis errors."""
 
+    lock: Any = None  # RedBeat's redis-py Lock while held
     _lost: Any = None  # the lock object while it is not held (None: held, or never taken)
     _outage = False
 

@@ -220,6 +220,24 @@ def test_beat_keeps_ticking_after_the_master_dies(cluster, simulator, start_proc
     assert beat.proc.poll() is None
 
 
+def test_a_beat_that_lost_its_lock_ticks_only_once_it_holds_it_again(simulator, start_process, runtime):
+    """The lock taken by someone else while a beat could not extend it (an expiry during an
+    outage): that beat stops ticking, and resumes once the lock is free and its own again."""
+    start_process("worker")
+    beat = start_process("beat")
+    wait_for(lambda: simulator.count("CREDITS") >= 2, timeout=20, what="beat ticks")
+    lock = f"{runtime.settings.key_prefix}:beat:lock"
+    runtime.redis.set(lock, "another-beat", px=60_000)
+    wait_for(lambda: "lost the lock" in beat.output(), timeout=10, what="the beat sees it lost the lock")
+    time.sleep(1.5)  # a run already queued may still reach the provider
+    stopped = simulator.count("CREDITS")
+    time.sleep(3)  # three credits intervals: a beat still ticking would run check-credits
+    assert simulator.count("CREDITS") == stopped
+    runtime.redis.delete(lock)
+    wait_for(lambda: simulator.count("CREDITS") >= stopped + 2, timeout=15, what="ticks again after retaking the lock")
+    assert runtime.redis.get(lock) not in (None, "another-beat") and beat.proc.poll() is None
+
+
 @pytest.fixture
 def web(cluster, worker_env) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """The Procfile's gunicorn, REDIS_URL=sentinel://..."""
