@@ -108,6 +108,8 @@ class Settings:
     ready_provider_age: float = 900.0
     broker_url: str | None = None  # None: the Redis of REDIS_URL is the broker too
     replay_after: float = 120.0
+    redis_wait_replicas: int = 0  # 0: off; see replicas.py
+    redis_wait_timeout: float = 1.0
 
     def url_for(self, function: str) -> str:
         return self.base_url.rstrip("/") + self.paths[function]
@@ -197,6 +199,8 @@ class Settings:
             ready_provider_age=get("MOBYT_READY_PROVIDER_AGE", _positive(float), d.ready_provider_age),
             broker_url=get("MOBYT_BROKER_URL", _broker_url, d.broker_url),
             replay_after=get("MOBYT_REPLAY_AFTER", _positive(float), d.replay_after),
+            redis_wait_replicas=get("MOBYT_REDIS_WAIT_REPLICAS", _non_negative(int), d.redis_wait_replicas),
+            redis_wait_timeout=get("MOBYT_REDIS_WAIT_TIMEOUT", _positive(float), d.redis_wait_timeout),
         )
 
     def require_credentials(self) -> None:

@@ -154,6 +154,21 @@ class ProviderEmptyResponse(ProviderBadResponse):
     """The answer had an empty body."""
 
 
+class NotReplicated(MobytError):
+    """Fewer Redis replicas than MOBYT_REDIS_WAIT_REPLICAS acknowledged a write in time: a
+    failover could lose it, so nothing that depends on it was done. Retried."""
+
+    retryable = True
+
+    def __init__(self, acknowledged: int, wanted: int) -> None:
+        super().__init__(acknowledged, wanted)
+        self.acknowledged = acknowledged
+        self.wanted = wanted
+
+    def __str__(self) -> str:
+        return f"{self.acknowledged} of {self.wanted} Redis replicas acknowledged the write in time"
+
+
 #: Provider text kept in Redis, results and logs is cut to this many characters.
 PROVIDER_TEXT_MAX = 200
 

@@ -23,6 +23,7 @@ from typing import Any, Mapping, cast
 
 import redis
 
+from .replicas import Replicas
 from .store import Keys, now_iso
 
 QUEUED = "queued"
@@ -52,16 +53,20 @@ class Intent:
 
 
 class Intents:
-    def __init__(self, client: redis.Redis, prefix: str, *, ttl: int, replay_after: float) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, *, ttl: int, replay_after: float,
+                 wait_replicas: int = 0, wait_timeout: float = 1.0) -> None:
         self.redis = client
         self.keys = Keys(prefix)
         self.ttl = ttl
         self.replay_after = replay_after
+        self.replicas = Replicas(client, wait_replicas, wait_timeout)
         self._record = client.register_script(_RECORD)
 
     def record(self, order_id: str, task_id: str, kwargs: Mapping[str, Any], *, now: float | None = None) -> str:
         """Write the intent before publishing; returns the order's state (``queued``, or
-        the state of an order already past it, which is left untouched)."""
+        the state of an order already past it, which is left untouched). With
+        ``wait_replicas``, raises :class:`NotReplicated` when too few replicas have a new
+        intent: do not publish; it may still be replayed, so retry with the same order id."""
         now = time.time() if now is None else now
         fields: dict[str, Any] = {
             "order_id": order_id, "created_at": now_iso(now), "task_id": task_id,
@@ -74,10 +79,13 @@ class Intents:
             if kwargs.get(name) not in (None, ""):
                 fields[name] = kwargs[name]
         flat = [str(part) for pair in fields.items() for part in pair]
-        return cast(str, self._record(
+        state = cast(str, self._record(
             keys=[self.keys.order(order_id), self.keys.orders, self.keys.intents],
             args=[order_id, now, now + self.replay_after, self.ttl, json.dumps(flat)],
         ))
+        if state == QUEUED:  # a message published for an intent a failover loses is lost with it
+            self.replicas.require(self.keys.order(order_id), "task_id", task_id)
+        return state
 
     def due(self, *, limit: int = 500, now: float | None = None) -> list[Intent]:
         """Intents past their replay time that no worker has claimed; their next replay is

@@ -68,7 +68,8 @@ class Runtime:
     @cached_property
     def intents(self) -> Intents:
         s = self.settings
-        return Intents(self.redis, s.key_prefix, ttl=s.order_ttl, replay_after=s.replay_after)
+        return Intents(self.redis, s.key_prefix, ttl=s.order_ttl, replay_after=s.replay_after,
+                       wait_replicas=s.redis_wait_replicas, wait_timeout=s.redis_wait_timeout)
 
     @cached_property
     def optouts(self) -> OptOuts:

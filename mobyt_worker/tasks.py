@@ -25,6 +25,7 @@ from celery import Task
 from . import doubt, sms
 from .errors import (
     InvalidInput,
+    NotReplicated,
     OrderNotCancellable,
     OrderNotFound,
     ProviderRejected,
@@ -186,12 +187,30 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
             verdict, state, token = claim(token=token)  # absent: send
             if verdict != "send":
                 return _send_result(order_id, request, state)
+        _require_replicated(task, order_id, token)
         result = _attempt(task, request, order_id, token)
         token = ""  # the acceptance released the lock in the same round trip
         return result
     finally:
         if token:
             store.release_send(order_id, token)
+
+
+def _require_replicated(task: Task, order_id: str, token: str) -> None:
+    """With MOBYT_REDIS_WAIT_REPLICAS, the claim must be on the replicas before the HTTP
+    call: a claim a failover loses would let another worker send the order again. Too few
+    acknowledgements end the attempt as surely unsent, retried with backoff."""
+    rt = _runtime()
+    store, s = rt.store, rt.settings
+    try:
+        rt.intents.replicas.require(store.keys.order(order_id), "attempt_token", token)
+    except NotReplicated as exc:
+        countdown = _backoff(task.request.retries, s.send_retry_max)
+        store.mark_unsent(order_id, exc, token)
+        store.defer(order_id, time.time() + countdown + _lock_seconds() + s.doubt_grace)
+        log.warning("order %s: not sent, the claim is not on the replicas (%s); retry %d", order_id, exc,
+                    task.request.retries + 1)
+        raise task.retry(exc=exc, countdown=countdown)
 
 
 def _request_kwargs(request: sms.SendRequest, batch_id: str | None) -> dict[str, Any]:

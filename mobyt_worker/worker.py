@@ -90,11 +90,12 @@ def create_app(settings: Settings) -> Celery:
         task_track_started=False,
         enable_utc=True,
         timezone="UTC",
-        beat_scheduler="redbeat.RedBeatScheduler",
+        # RedBeat, with ticks that survive a Redis outage or failover (scheduler.py).
+        beat_scheduler="mobyt_worker.scheduler:ResilientRedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=Keys(settings.key_prefix).beat_prefix,
         # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
-        # calls, and redis-py retries the lock extension it makes at every tick.
+        # calls, and a tick that still fails is tried again (scheduler.py).
         redbeat_redis_options={"retry_period": -1, **REDIS_RETRY},
         # RedBeat: only the beat holding the lock in Redis ticks; the others wait for it.
         # The lock lives 5 x this interval unless extended (a beat extends it at every

@@ -88,3 +88,47 @@ def test_web_process_starts_and_serves_through_sentinel(sentinel_url, worker_env
     assert answer.status_code == 202, answer.text
     assert rt.redis.exists(f"mobyt:api:order:{answer.json['order_id']}")
     rt.close()
+
+
+# --- MOBYT_REDIS_WAIT_REPLICAS: a write no replica has is never acted on -----------------------
+
+
+def test_wait_replicas_setting_is_validated():
+    from mobyt_worker.config import Settings
+    from mobyt_worker.errors import ConfigError
+
+    assert Settings.from_env({}).redis_wait_replicas == 0
+    with pytest.raises(ConfigError, match="MOBYT_REDIS_WAIT_REPLICAS"):
+        Settings.from_env({"MOBYT_REDIS_WAIT_REPLICAS": "-1"})
+    with pytest.raises(ConfigError, match="MOBYT_REDIS_WAIT_TIMEOUT"):
+        Settings.from_env({"MOBYT_REDIS_WAIT_TIMEOUT": "0"})
+
+
+def test_an_intent_no_replica_acknowledged_is_refused(redis_url):
+    from mobyt_worker.errors import NotReplicated
+    from mobyt_worker.intents import Intents
+
+    client = connect(redis_url)
+    kwargs = {"recipients": [NUMBER], "message": "hi", "order_id": "NOREPLICA1"}
+    with pytest.raises(NotReplicated) as refused:
+        Intents(client, "mobyt", ttl=60, replay_after=60, wait_replicas=1, wait_timeout=0.05).record(
+            "NOREPLICA1", "send-NOREPLICA1", kwargs)
+    assert (refused.value.acknowledged, refused.value.wanted) == (0, 1)
+    assert Intents(client, "mobyt", ttl=60, replay_after=60).record("NOREPLICA2", "send-NOREPLICA2", kwargs) == "queued"
+
+
+def test_a_claim_no_replica_acknowledged_is_never_sent(redis_url, simulator, start_process):
+    """A Redis without replicas and MOBYT_REDIS_WAIT_REPLICAS=1: every attempt ends unsent
+    (retried with backoff) and the provider sees no SENDSMS."""
+    from celery import Celery
+
+    start_process("worker", env={"MOBYT_REDIS_WAIT_REPLICAS": "1", "MOBYT_REDIS_WAIT_TIMEOUT": "0.1"})
+    producer = Celery("p", broker=redis_url, backend=redis_url)
+    producer.conf.update(task_serializer="json", accept_content=["json"])
+    producer.send_task("mobyt.send_sms", queue="mobyt", kwargs={
+        "recipients": [NUMBER], "message": "unreplicated", "sender": "ACME", "order_id": "NOREPLICA3"})
+    store = OrderStore(connect(redis_url), "mobyt")
+    record = wait_for(lambda: (r := store.get_order("NOREPLICA3")) and r.attempts >= 2 and r.state == "unsent" and r,
+                      timeout=30, what="two attempts ended unsent")
+    assert "replicas acknowledged" in (record.error or "")
+    assert simulator.count("SENDSMS") == 0

@@ -1,0 +1,77 @@
+"""RedBeat's scheduler, made to ride out a Redis outage or a Sentinel failover.
+
+RedBeat extends its lock at every tick and lets any Redis error escape ``tick()``, which
+ends ``celery beat``. Here a tick that cannot reach Redis is skipped and tried again
+shortly; a beat that no longer holds the lock (it expired during the outage, or another
+beat took it) does not tick until it has taken the lock again, so one beat ticks at a
+time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
+from redis.exceptions import LockError
+from redis.sentinel import MasterNotFoundError
+
+log = logging.getLogger("celery.beat")
+
+#: Errors of an unreachable Redis or a master being replaced: worth another try.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, MasterNotFoundError)
+#: Seconds between tries while Redis is unreachable or another beat holds the lock.
+RETRY_PAUSE = 1.0
+
+
+class ResilientRedBeatScheduler(RedBeatScheduler):
+    """``beat_scheduler``: RedBeat, with ticks that survive Redis errors."""
+
+    lock: Any = None  # RedBeat's redis-py Lock while held
+    _lost: Any = None  # the lock object while it is not held (None: held, or never taken)
+    _outage = False
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        try:
+            if self.lock_key and self.lock is None and not self._take_lock():
+                return RETRY_PAUSE
+            interval = super().tick(*args, **kwargs)
+        except UNREACHABLE as exc:
+            if not self._outage:
+                log.warning("beat: Redis unreachable (%s); trying again every %.0fs", type(exc).__name__, RETRY_PAUSE)
+            self._outage = True
+            return RETRY_PAUSE
+        except LockError:  # the extension found another token, or none: not ours any more
+            log.warning("beat: lost the lock; not ticking until it is taken again")
+            self._lost, self.lock = self.lock, None
+            return RETRY_PAUSE
+        if self._outage:
+            log.info("beat: Redis reachable again; ticking")
+            self._outage = False
+        return interval
+
+    def _take_lock(self) -> bool:
+        """Take the lock without waiting, as RedBeat takes it at start; False while another
+        beat holds it."""
+        lock = self._lost or self._new_lock()
+        if not lock.acquire(blocking=False):
+            self._lost = lock
+            return False
+        log.info("beat: Acquired lock")
+        self.lock, self._lost = lock, None
+        return True
+
+    def _new_lock(self) -> Any:
+        """RedBeat's lock (``acquire_distributed_beat_lock``), for a beat whose start found
+        Redis unreachable."""
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
+        return lock
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (*UNREACHABLE, LockError) as exc:  # the lock expires on its own
+            log.warning("beat: could not release the lock (%s)", type(exc).__name__)
