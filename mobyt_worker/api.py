@@ -36,7 +36,7 @@ from .errors import InvalidInput, OrderNotCancellable, OrderNotFound, ProviderEr
 from .openapi import document
 from .runtime import Runtime
 from .sms import build_send_request, validate_order_id
-from .store import Keys
+from .keys import Keys
 from .webio import Problem, answer, invalid, read_body
 
 #: A send's JSON body: a 1000-character text of escaped 6-byte characters and 500 numbers fit.

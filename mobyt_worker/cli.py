@@ -48,7 +48,8 @@ from .config import Settings
 from .fleet import Fleet, quick_client
 from .runtime import Runtime
 from .sms import SendRequest, build_send_request, normalize_recipient, validate_order_id
-from .store import STATES, OrderRecord, parse_sentinel_url
+from .connection import parse_sentinel_url
+from .store import STATES, OrderRecord
 
 if TYPE_CHECKING:
     from celery import Celery

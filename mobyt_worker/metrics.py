@@ -66,7 +66,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .credits import CreditsWatch
 from .errors import InvalidInput, ProviderRejected, RecipientOptedOut
-from .store import Keys
+from .keys import Keys
 
 log = logging.getLogger(__name__)
 

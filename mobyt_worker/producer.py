@@ -35,7 +35,7 @@ from celery.result import AsyncResult
 
 from . import broker, sms
 from .intents import Intents
-from .store import connect as connect_redis
+from .connection import connect as connect_redis
 
 QUEUE = broker.QUEUE
 SEND_SMS = "mobyt.send_sms"

@@ -20,7 +20,9 @@ from .intents import Intents
 from .metrics import Metrics
 from .optouts import OptOuts
 from .ratelimit import RateLimiter
-from .store import Keys, OrderStore, connect
+from .connection import connect
+from .keys import Keys
+from .store import OrderStore
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -30,7 +30,8 @@ from .config import Settings
 from .heartbeat import Heartbeat
 from .producer import attach_intents
 from .runtime import Runtime
-from .store import REDIS_RETRY, Keys, parse_sentinel_url
+from .connection import REDIS_RETRY, parse_sentinel_url
+from .keys import Keys
 
 #: All our tasks go to this queue; producers must name it (the helper in producer.py does).
 QUEUE = broker.QUEUE
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> Celery:
         beat_scheduler="redbeat.RedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=Keys(settings.key_prefix).beat_prefix,
+        redbeat_lock_key=Keys(settings.key_prefix).beat_lock,
         # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
         # calls, and redis-py retries the lock extension it makes at every tick.
         redbeat_redis_options={"retry_period": -1, **REDIS_RETRY},

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from mobyt_worker.runtime import Runtime
-from mobyt_worker.store import connect
+from mobyt_worker.connection import connect
 
 SENDS = 20
 NUMBER = "+33612345670"
