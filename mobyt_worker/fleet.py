@@ -27,11 +27,11 @@ import redis
 from redis.sentinel import Sentinel
 
 from .config import Settings
-from .credits import CreditsWatch
 from .connection import parse_sentinel_url
+from .contract import QUEUE
+from .credits import CreditsWatch
 from .keys import Keys
 
-QUEUE = "mobyt"
 IN_DOUBT = "in_doubt"
 #: Orders looked at when counting those in doubt: the newest ones (a send in doubt is recent).
 DOUBT_SCAN = 10_000
