@@ -23,7 +23,8 @@ from harness import Stack, worker_env
 
 from mobyt_worker.client import MobytClient
 from mobyt_worker.config import Settings
-from mobyt_worker.store import OrderStore, connect
+from mobyt_worker.connection import connect
+from mobyt_worker.store import OrderStore
 
 FAULTS = {
     "SENDSMS": ["drop", "lost_answer", "http500", "http503", "http408", "http429", "garbage", "slow"],

@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from mobyt_worker.producer import connect, send_sms  # noqa: E402
 from mobyt_worker.simulator import ProviderSimulator, SimulatorServer  # noqa: E402
-from mobyt_worker.store import OPEN_STATES, Keys, OrderStore  # noqa: E402
-from mobyt_worker.store import connect as connect_redis  # noqa: E402
+from mobyt_worker.keys import Keys
+from mobyt_worker.store import OPEN_STATES, OrderStore  # noqa: E402
+from mobyt_worker.connection import connect as connect_redis  # noqa: E402
 from tests.support import CeleryProcess, RabbitVhost, RedisServer  # noqa: E402
 
 LOGIN, PASSWORD, NUMBER = "soak", "soak-password", "+33612345670"

@@ -31,12 +31,12 @@ from typing import Any, cast
 import falcon
 from celery.exceptions import TimeoutError as ResultTimeout
 
-from . import producer
+from . import contract, producer
 from .errors import InvalidInput, OrderNotCancellable, OrderNotFound, ProviderError, RecipientOptedOut
 from .openapi import document
+from .keys import Keys
 from .runtime import Runtime
 from .sms import build_send_request, validate_order_id
-from .store import Keys
 from .webio import Problem, answer, invalid, read_body
 
 #: A send's JSON body: a 1000-character text of escaped 6-byte characters and 500 numbers fit.
@@ -206,8 +206,8 @@ class Cancel:
         order_id = _order_id(order_id)
         if self.runtime.store.get_order(order_id, with_history=False) is None:
             raise Problem(404, "no such order", field="order_id")
-        result = self.runtime.producer.send_task("mobyt.cancel", kwargs={"order_id": order_id},
-                                                 queue=producer.QUEUE)
+        result = self.runtime.producer.send_task(contract.CANCEL, kwargs={"order_id": order_id},
+                                                 queue=contract.QUEUE)
         try:
             answer(resp, result.get(timeout=CANCEL_WAIT))
         except ResultTimeout:

@@ -13,7 +13,7 @@ from typing import Any
 
 from kombu import Queue
 
-QUEUE = "mobyt"
+from .contract import QUEUE
 
 
 def is_amqp(url: str) -> bool:

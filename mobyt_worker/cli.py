@@ -46,9 +46,10 @@ from . import errors
 from .client import MobytClient
 from .config import Settings
 from .fleet import Fleet, quick_client
+from .connection import parse_sentinel_url
 from .runtime import Runtime
 from .sms import SendRequest, build_send_request, normalize_recipient, validate_order_id
-from .store import STATES, OrderRecord, parse_sentinel_url
+from .store import STATES, OrderRecord
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -311,9 +312,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             client.remove_delayed(order_id)
         return emit(args, {"order_id": order_id, "cancelled": True, "tracked": False},
                     f"cancelled {order_id}" + UNTRACKED.replace("sent", "cancelled"))
-    from .worker import QUEUE  # noqa: PLC0415 - only the commands that enqueue need Celery
+    from .contract import CANCEL, QUEUE  # noqa: PLC0415 - only the commands that enqueue need Celery
 
-    pending = _workers(_settings()).send_task("mobyt.cancel", kwargs={"order_id": order_id}, queue=QUEUE)
+    pending = _workers(_settings()).send_task(CANCEL, kwargs={"order_id": order_id}, queue=QUEUE)
     record = _answer(pending, args.timeout, f"cancel of {order_id} is queued but no worker answered "
                                             f"within {args.timeout:g} s; see `mobyt order {order_id}`")
     return emit(args, record, f"{order_id} {record['state']}")
@@ -449,7 +450,7 @@ QUICK_REDIS: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2,
 def _workers(settings: Settings) -> Celery:
     """The Celery app the workers read, once Redis is known to answer."""
     _check_redis(settings)
-    from .worker import create_app  # noqa: PLC0415 - only the commands that enqueue need Celery
+    from .celeryapp import create_app  # noqa: PLC0415 - only the commands that enqueue need Celery
 
     return create_app(settings)
 
@@ -631,10 +632,10 @@ def cmd_resend(args: argparse.Namespace) -> int:
         rt.store.allow_resend(order_id)
         logging.getLogger(__name__).warning("order %s: resend accepted by the operator (was %s); a duplicate is "
                                             "possible", order_id, record.state)
-        from .worker import QUEUE  # noqa: PLC0415 - only this command needs Celery
+        from .contract import QUEUE, SEND_SMS  # noqa: PLC0415 - only this command needs Celery
 
         kwargs = {**json.loads(record.request), "order_id": order_id}
-        reply = rt.producer.send_task("mobyt.send_sms", kwargs=kwargs, queue=QUEUE).get(timeout=args.timeout)
+        reply = rt.producer.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE).get(timeout=args.timeout)
     finally:
         rt.close()
     return emit(args, reply, table(["order_id", "status"], [[reply["order_id"], reply["status"]]]))

@@ -55,13 +55,13 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import requests
 
+from .contract import CANCEL, CHECK_CREDITS, QUEUE, SEND_SMS
 from .credits import CreditsWatch
 from .store import OrderStore
 
 PREFIX = "mobytdemo"
 BROKER_PREFIX = f"{PREFIX}:celery:"
 DEMO_DB = 15
-QUEUE = "mobyt"
 LOGIN, PASSWORD = "demo", "demo-password"  # the simulator's demo account (simulator.DEMO_LOGIN)
 DELIVERY_DELAY = 1.5
 CHUNK_SIZE = 3
@@ -391,7 +391,7 @@ class Story:
                 handler(stream, fields)
 
     def send(self, **kwargs: Any) -> Any:
-        return self.producer.send_task("mobyt.send_sms", kwargs=kwargs, queue=QUEUE)
+        return self.producer.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE)
 
     def stats(self) -> dict[str, Any]:
         return _get(f"{self.sim_url}/_sim/stats")
@@ -442,7 +442,7 @@ class Story:
         order_id = reply["order_id"]
         self.say(f"scheduled for {at.isoformat()}: order_id {order_id}")
         self.say(f"send_task('mobyt.cancel', kwargs={{'order_id': '{order_id}'}})")
-        record = self.producer.send_task("mobyt.cancel", kwargs={"order_id": order_id}, queue=QUEUE
+        record = self.producer.send_task(CANCEL, kwargs={"order_id": order_id}, queue=QUEUE
                                          ).get(timeout=STEP_TIMEOUT)
         removed = self.stats()["counts"].get("REMOVE_DELAYED", 0)
         if record["state"] != "cancelled" or not record["cancelled"] or removed != 1:
@@ -519,7 +519,7 @@ class Story:
         self.title("5. The credit balance")
         self.handlers = []
         self.say("send_task('mobyt.check_credits') (beat also runs it every 2 s)")
-        self.producer.send_task("mobyt.check_credits", queue=QUEUE).get(timeout=STEP_TIMEOUT)
+        self.producer.send_task(CHECK_CREDITS, queue=QUEUE).get(timeout=STEP_TIMEOUT)
         balances = CreditsWatch(self.db, PREFIX).balances()
         provider = self.stats()["credits"]
         if not balances or any(provider.get(b.field) != b.available for b in balances):

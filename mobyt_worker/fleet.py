@@ -27,10 +27,11 @@ import redis
 from redis.sentinel import Sentinel
 
 from .config import Settings
+from .connection import parse_sentinel_url
+from .contract import QUEUE
 from .credits import CreditsWatch
-from .store import Keys, parse_sentinel_url
+from .keys import Keys
 
-QUEUE = "mobyt"
 IN_DOUBT = "in_doubt"
 #: Orders looked at when counting those in doubt: the newest ones (a send in doubt is recent).
 DOUBT_SCAN = 10_000
@@ -123,7 +124,7 @@ class Fleet:
         ok_at = self.provider_ok()
         last_ok = max(ok_at.values(), default=None)
         history = CreditsWatch(self.redis, self.settings.key_prefix).history(1)
-        lock = bool(self.redis.exists(self.keys.beat_prefix + ":lock"))
+        lock = bool(self.redis.exists(self.keys.beat_lock))
         checks = [
             Check("redis", True, "answers"),
             Check("workers", any(QUEUE in w["queues"].split(",") for w in workers),

@@ -20,7 +20,8 @@ from typing import Callable
 import redis
 
 from . import __version__
-from .store import Keys, now_iso
+from .keys import Keys
+from .store import now_iso
 
 log = logging.getLogger(__name__)
 

@@ -57,50 +57,17 @@ from typing import Any, Callable, Iterable, cast
 
 import redis
 
+from . import scripts
 from .errors import InvalidInput
+from .keys import Keys
 from .optouts import OptOuts
 from .protocol import InboundMessage
 from .sms import normalize_recipient
-from .store import Keys, now_iso
+from .store import now_iso
 
 SOURCES = ("poll", "push", "reconcile")
 #: Expired message ids trimmed from the head of the id index per store (amortised cleanup).
 _TRIM_PER_STORE = 10
-
-# KEYS: msg, ids, inbound, hwm, optout, events.
-# ARGV: id, flattened hash fields (JSON), ttl, maxlen, stop number ('' = not a STOP),
-#       opt-out value, at, message key prefix and how many expired ids to trim.
-# Returns 1 if the message was new, 0 if this id was already stored.
-_STORE = """
-local msg, ids, inbound, hwm, optout, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local id, fields, ttl, maxlen = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local stop_number, optout_value, at, msg_prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-if redis.call('EXISTS', msg) == 1 or redis.call('ZSCORE', ids, ARGV[1]) then return 0 end
-redis.call('HSET', msg, unpack(fields))
-redis.call('EXPIRE', msg, ttl)
-for _, old in ipairs(redis.call('ZRANGE', ids, 0, tonumber(ARGV[9]) - 1)) do
-  if redis.call('EXISTS', msg_prefix .. old) == 1 then break end
-  redis.call('ZREM', ids, old)
-end
-redis.call('ZADD', ids, id, ARGV[1])
-redis.call('EXPIRE', ids, ttl)
-redis.call('XADD', inbound, 'MAXLEN', '~', maxlen, '*', 'type', 'inbound', unpack(fields))
-if id > tonumber(redis.call('GET', hwm) or '0') then redis.call('SET', hwm, ARGV[1]) end
-if stop_number ~= '' and redis.call('HSETNX', optout, stop_number, optout_value) == 1 then
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'optout', 'number', stop_number,
-    'message_id', ARGV[1], 'at', at)
-end
-return 1
-"""
-
-# Move a cursor forward only (concurrent reconciliations never move it back).
-_ADVANCE = """
-if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -140,8 +107,8 @@ class InboxStore:
         self.ttl = ttl
         self.stream_maxlen = stream_maxlen
         self.country = country
-        self._store = client.register_script(_STORE)
-        self._advance = client.register_script(_ADVANCE)
+        self._store = scripts.register(client, "store_inbound")
+        self._advance = scripts.register(client, "advance_cursor")
 
     # --- writing --------------------------------------------------------------------
 

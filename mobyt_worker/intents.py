@@ -23,24 +23,12 @@ from typing import Any, Mapping, cast
 
 import redis
 
+from . import scripts
+from .keys import Keys
+from .store import now_iso
 from .replicas import Replicas
-from .store import Keys, now_iso
 
 QUEUED = "queued"
-
-# Write the intent unless the order is already past 'queued' (claimed, sent, refused...):
-# a producer that re-submits a known order id must not move it back. Returns the state.
-_RECORD = """
-local order, orders, intents = KEYS[1], KEYS[2], KEYS[3]
-local oid, now, due, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local state = redis.call('HGET', order, 'state')
-if state and state ~= 'queued' then return state end
-redis.call('HSET', order, 'state', 'queued', unpack(cjson.decode(ARGV[5])))
-redis.call('EXPIRE', order, ttl)
-redis.call('ZADD', orders, now, oid)
-redis.call('ZADD', intents, due, oid)
-return 'queued'
-"""
 
 
 @dataclass(frozen=True)
@@ -60,7 +48,7 @@ class Intents:
         self.ttl = ttl
         self.replay_after = replay_after
         self.replicas = Replicas(client, wait_replicas, wait_timeout)
-        self._record = client.register_script(_RECORD)
+        self._record = scripts.register(client, "record_intent")
 
     def record(self, order_id: str, task_id: str, kwargs: Mapping[str, Any], *, now: float | None = None) -> str:
         """Write the intent before publishing; returns the order's state (``queued``, or

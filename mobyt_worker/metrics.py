@@ -64,9 +64,10 @@ import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from .contract import POLL_INBOX, POLL_STATUS, RECONCILE_INBOX, SEND_SMS
 from .credits import CreditsWatch
 from .errors import InvalidInput, ProviderRejected, RecipientOptedOut
-from .store import Keys
+from .keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ _SEND_FAILURES: tuple[tuple[type[Exception], str], ...] = (
     (RecipientOptedOut, "opted_out"), (InvalidInput, "invalid"), (ProviderRejected, "refused"),
 )
 
-_INBOX_SOURCES = {"mobyt.poll_inbox": "poll", "mobyt.reconcile_inbox": "reconcile"}
+_INBOX_SOURCES = {POLL_INBOX: "poll", RECONCILE_INBOX: "reconcile"}
 
 
 def _field(name: str, part: str, labels: dict[str, str]) -> str:
@@ -173,9 +174,9 @@ class Metrics:
             self.inc("status_changes", status=change["status"], source=source)
 
     def task_succeeded(self, task: str, result: Any) -> None:
-        if task == "mobyt.send_sms" and isinstance(result, dict):
+        if task == SEND_SMS and isinstance(result, dict):
             self.inc("sends", outcome=str(result.get("status") or "accepted"))
-        elif task == "mobyt.poll_status":
+        elif task == POLL_STATUS:
             self.inc("status_polls", outcome="ok")
         elif task in _INBOX_SOURCES and isinstance(result, dict) and result.get("new"):
             self.inc("inbox_messages", result["new"], source=_INBOX_SOURCES[task])
@@ -183,10 +184,10 @@ class Metrics:
     def task_failed(self, task: str, error: BaseException | None) -> None:
         kind = type(error).__name__ if error is not None else "unknown"
         self.inc("task_failures", task=task, kind=kind)
-        if task == "mobyt.send_sms":
+        if task == SEND_SMS:
             outcome = next((name for cls, name in _SEND_FAILURES if isinstance(error, cls)), "error")
             self.inc("sends", outcome=outcome)
-        elif task == "mobyt.poll_status":
+        elif task == POLL_STATUS:
             self.inc("status_polls", outcome=kind)
 
     def task_retried(self, task: str, reason: Any) -> None:

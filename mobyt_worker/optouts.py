@@ -14,7 +14,8 @@ import redis
 
 from .errors import RecipientOptedOut
 from .sms import mask_number
-from .store import Keys, now_iso
+from .keys import Keys
+from .store import now_iso
 
 
 class OptOuts:

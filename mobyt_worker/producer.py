@@ -24,26 +24,41 @@ from __future__ import annotations
 
 import os
 import uuid
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Sequence
+from functools import cache
+from typing import Any, Sequence
 from zoneinfo import ZoneInfo
 
 from celery import Celery
 from celery.result import AsyncResult
 
 from . import broker, sms
+from .connection import connect as connect_redis
+from .contract import QUEUE, SEND_SMS
 from .intents import Intents
-from .store import connect as connect_redis
 
-QUEUE = broker.QUEUE
-SEND_SMS = "mobyt.send_sms"
 #: Defaults of the workers' MOBYT_ORDER_TTL and MOBYT_REPLAY_AFTER.
 ORDER_TTL = 30 * 24 * 3600
 REPLAY_AFTER = 120.0
 
-_intents: weakref.WeakKeyDictionary[Celery, Intents] = weakref.WeakKeyDictionary()
+
+class Producer(Celery):
+    """A Celery app that enqueues sends and knows where their intents go: the workers'
+    Redis (given, or built on first use; without one, its Redis broker's)."""
+
+    def __init__(self, *args: Any, intents: Intents | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._intents = intents
+
+    @property
+    def intents(self) -> Intents:
+        if self._intents is None:
+            self._intents = self._new_intents()
+        return self._intents
+
+    def _new_intents(self) -> Intents:
+        return _intents_at(str(self.conf.broker_url or ""))
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,7 @@ class Enqueued:
 
 def connect(broker_url: str, *, backend_url: str | None = None, redis_url: str | None = None,
             key_prefix: str = "mobyt", order_ttl: int = ORDER_TTL, replay_after: float = REPLAY_AFTER,
-            broker_key_prefix: str | None = None) -> Celery:
+            broker_key_prefix: str | None = None) -> Producer:
     """A producer-only Celery app speaking JSON to the workers' broker. ``redis_url`` is
     the workers' REDIS_URL (default: the broker's URL when it is Redis), where intents go.
 
@@ -65,31 +80,23 @@ def connect(broker_url: str, *, backend_url: str | None = None, redis_url: str |
     redis_url = redis_url or backend_url or (None if broker.is_amqp(broker_url) else broker_url)
     if not redis_url:
         raise ValueError("redis_url: the workers' REDIS_URL is required with an amqp:// broker")
-    app = Celery("mobyt-producer", broker=broker_url, backend=backend_url or redis_url)
+    intents = Intents(connect_redis(redis_url), key_prefix, ttl=order_ttl, replay_after=replay_after)
+    app = Producer("mobyt-producer", broker=broker_url, backend=backend_url or redis_url, intents=intents)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                     task_default_queue=QUEUE, **broker.options(broker_url))
     prefix = os.environ.get("MOBYT_BROKER_KEY_PREFIX", "") if broker_key_prefix is None else broker_key_prefix
     if prefix:
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "global_keyprefix": prefix}
         app.conf.result_backend_transport_options = {"global_keyprefix": prefix}
-    attach_intents(app, Intents(connect_redis(redis_url), key_prefix, ttl=order_ttl, replay_after=replay_after))
     return app
 
 
-def attach_intents(app: Celery, intents: Intents) -> None:
-    """Where :func:`send_sms` writes the intents of ``app``'s sends."""
-    _intents[app] = intents
-
-
-def _intents_of(app: Celery) -> Intents:
-    found = _intents.get(app)
-    if found is None:  # an app built without connect(): its Redis broker holds the store
-        url = str(app.conf.broker_url or "")
-        if broker.is_amqp(url) or not url:
-            raise ValueError("redis_url: build the app with producer.connect(..., redis_url=REDIS_URL)")
-        found = Intents(connect_redis(url), "mobyt", ttl=ORDER_TTL, replay_after=REPLAY_AFTER)
-        attach_intents(app, found)
-    return found
+@cache
+def _intents_at(url: str) -> Intents:
+    """The intents of an app built without connect(): its Redis broker holds the store."""
+    if broker.is_amqp(url) or not url:
+        raise ValueError("redis_url: build the app with producer.connect(..., redis_url=REDIS_URL)")
+    return Intents(connect_redis(url), "mobyt", ttl=ORDER_TTL, replay_after=REPLAY_AFTER)
 
 
 def new_order_id() -> str:
@@ -134,6 +141,7 @@ def send_sms(
         "return_credits": return_credits,
     }
     task_id = f"send-{order_id}"
-    _intents_of(app).record(order_id, task_id, kwargs)
+    intents = app.intents if isinstance(app, Producer) else _intents_at(str(app.conf.broker_url or ""))
+    intents.record(order_id, task_id, kwargs)
     result = app.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE, task_id=task_id)
     return Enqueued(order_id=order_id, result=result)

@@ -2,44 +2,48 @@
 
 Workers, the web receiver and the CLI each build one :class:`Runtime` from their
 settings; the HTTP connection pool and the Redis connection pool are created once per
-process (never per task) and shared by all threads.
+process (never per task) and shared by all threads. In workers, tasks reach it as
+``self.runtime`` (:class:`MobytTask`); signal handlers through :func:`process_runtime`.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Sequence
 
 import redis
+from celery import Task
 
+from .celeryapp import MobytApp, create_app
 from .client import MobytClient
 from .config import Settings
+from .connection import connect
 from .credits import CreditsWatch
 from .inbox import InboxStore
 from .intents import Intents
+from .keys import Keys
 from .metrics import Metrics
 from .optouts import OptOuts
 from .ratelimit import RateLimiter
-from .store import Keys, OrderStore, connect
+from .store import OrderStore
 
 if TYPE_CHECKING:
-    from celery import Celery
-
     from .protocol import RecipientStatus
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, producer: Celery | None = None) -> None:
+    def __init__(self, settings: Settings, *, producer: MobytApp | None = None) -> None:
         self.settings = settings
         if producer is not None:
             self.__dict__["producer"] = producer
 
     @cached_property
-    def producer(self) -> Celery:
-        """Celery app used to call MOBYT_EVENT_TASK; workers pass their own, others build one."""
-        from .worker import create_app  # noqa: PLC0415 - only processes that emit need Celery
-
-        return create_app(self.settings)
+    def producer(self) -> MobytApp:
+        """The Celery app that enqueues (sends, cancels, MOBYT_EVENT_TASK); workers pass their
+        own, others build one on first use."""
+        return create_app(self.settings, intents=self.intents)
 
     def record_statuses(self, order_id: str, rows: Sequence[RecipientStatus], *, source: str) -> list[dict[str, Any]] | str:
         """Apply statuses from a poll or a push, then hand each change to MOBYT_EVENT_TASK."""
@@ -107,3 +111,32 @@ class Runtime:
             self.client.close()
         if "redis" in self.__dict__:
             self.redis.close()
+
+
+_process: tuple[int, Runtime] | None = None
+_building = threading.Lock()
+
+
+def process_runtime(app: MobytApp) -> Runtime:
+    """The Runtime of this process, built from the app's settings on first use, and again
+    in a forked child (Redis and HTTP pools, and metrics threads, do not survive a fork)."""
+    global _process
+    current = _process
+    if current is None or current[0] != os.getpid():
+        with _building:
+            current = _process
+            if current is None or current[0] != os.getpid():
+                current = _process = (os.getpid(), Runtime(app.settings, producer=app))
+    return current[1]
+
+
+class MobytTask(Task):
+    """Base of every task of ours (``@app.task(base=MobytTask, bind=True)``): ``self.runtime``
+    is the per-process Runtime, shared by every task and thread of the process."""
+
+    @property
+    def runtime(self) -> Runtime:
+        app = self.app
+        if not isinstance(app, MobytApp):
+            raise TypeError("mobyt tasks run on the app of mobyt_worker.worker (celeryapp.create_app)")
+        return process_runtime(app)

@@ -1,20 +1,5 @@
-"""Everything the product keeps in Redis. Every key is built here, under one prefix.
-
-Key schema (``P`` is ``MOBYT_KEY_PREFIX``, default ``mobyt``):
-
-====================================  ======  ==================================================
-key                                   type    content
-====================================  ======  ==================================================
-``P:order:{order_id}``                hash    the order record (see :class:`OrderRecord`)
-``P:order:{order_id}:rcpt``           hash    recipient -> JSON {status, delivered_at, changed_at, final}
-``P:order:{order_id}:history``        list    JSON status changes, oldest first
-``P:order:{order_id}:lock``           string  send lock: one attempt in flight per order
-``P:intents``                         zset    order_id of a ``queued`` intent, scored by when to replay it
-``P:orders``                          zset    order_id scored by creation time (recent orders)
-``P:poll:due``                        zset    order_id scored by when its next status poll is due
-``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
-``P:events``                          stream  status changes and order events (see README)
-====================================  ======  ==================================================
+"""The order store: the order record, atomic Lua transitions (``lua/``), the poll due-set,
+the events stream. Key names come from keys.py.
 
 Multi-key changes run as Lua scripts so that they are atomic and cost one round trip:
 two workers applying the same status see one change and emit one event. Tracking keys
@@ -29,14 +14,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence, cast
-from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
-from redis.sentinel import Sentinel
 
+from . import scripts
 from .errors import OrderNotFound, OrderNotResendable, scrub
+from .keys import Keys
 from .protocol import RecipientStatus
 
 #: Order states, in the order an order moves through them.
@@ -54,44 +37,6 @@ STATES = (QUEUED, SENDING, UNSENT, SCHEDULED, ACCEPTED, COMPLETED, EXPIRED, FAIL
 OPEN_STATES = frozenset({SENDING, UNSENT, SCHEDULED, ACCEPTED, IN_DOUBT})
 #: States of an order whose send is not settled: the due-set poller resolves them.
 UNSETTLED = frozenset({SENDING, UNSENT, IN_DOUBT})
-
-
-#: Client options that ride out a Redis restart or failover (~30 s of jittered retries).
-REDIS_RETRY = {
-    "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 20),
-    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-    "health_check_interval": 15,
-    "socket_connect_timeout": 5,
-    "socket_timeout": 10,
-}
-
-
-def connect(url: str, *, sentinel_master: str = "mymaster") -> redis.Redis:
-    """A Redis client that survives restarts and failovers.
-
-    ``sentinel://h1:26379;sentinel://h2:26379/0`` (kombu's form) asks the sentinels for
-    the current master of ``sentinel_master`` and follows it across failovers.
-    """
-    if url.startswith("sentinel://"):
-        hosts, db, password = parse_sentinel_url(url)
-        sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 5, "password": password})
-        return sentinel.master_for(sentinel_master, db=db, password=password, decode_responses=True,
-                                   **REDIS_RETRY)
-    return redis.Redis.from_url(url, decode_responses=True, **REDIS_RETRY)
-
-
-def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
-    """``sentinel://[:pw@]h1:p1;sentinel://h2:p2/db`` -> ([(h1, p1), (h2, p2)], db, pw)."""
-    hosts, db, password = [], 0, None
-    for part in url.split(";"):
-        parsed = urlsplit(part.strip())
-        if parsed.scheme != "sentinel" or not parsed.hostname:
-            raise ValueError(f"not a sentinel:// URL: {part.strip()!r}")
-        hosts.append((parsed.hostname, parsed.port or 26379))
-        if parsed.path.strip("/"):
-            db = int(parsed.path.strip("/"))
-        password = parsed.password or password
-    return hosts, db, password
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -138,226 +83,6 @@ class OrderRecord:
         return asdict(self)
 
 
-class Keys:
-    """The one place key names are spelled, for every module (orders, inbox, opt-outs,
-    credits, metrics, rate limit, beat). The tables in this module's and inbox.py's
-    docstrings say what each holds."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.orders = f"{prefix}:orders"
-        self.due = f"{prefix}:poll:due"
-        self.intents = f"{prefix}:intents"
-        self.events = f"{prefix}:events"
-        self.inbox_message_prefix = f"{prefix}:inbox:msg:"
-        self.inbox_ids = f"{prefix}:inbox:ids"
-        self.inbound = f"{prefix}:inbound"
-        self.inbox_hwm = f"{prefix}:inbox:hwm"
-        self.inbox_reconciled = f"{prefix}:inbox:reconciled"
-        self.optout = f"{prefix}:optout"
-        self.credits = f"{prefix}:credits"
-        self.credits_history = f"{prefix}:credits:history"
-        self.metrics = f"{prefix}:metrics"
-        self.send_rate = f"{prefix}:ratelimit:send"
-        self.beat_prefix = f"{prefix}:beat"
-        self.heartbeats = f"{prefix}:heartbeats"
-        self.provider_ok = f"{prefix}:provider:last_ok"
-        self.api = f"{prefix}:api"
-
-    def inbox_message(self, message_id: int) -> str:
-        return f"{self.inbox_message_prefix}{message_id}"
-
-    def order(self, order_id: str) -> str:
-        return f"{self.prefix}:order:{order_id}"
-
-    def recipients(self, order_id: str) -> str:
-        return f"{self.prefix}:order:{order_id}:rcpt"
-
-    def history(self, order_id: str) -> str:
-        return f"{self.prefix}:order:{order_id}:history"
-
-    def send_lock(self, order_id: str) -> str:
-        return f"{self.prefix}:order:{order_id}:lock"
-
-    def batch(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}"
-
-    def order_keys(self, order_id: str) -> list[str]:
-        return [self.order(order_id), self.recipients(order_id), self.history(order_id)]
-
-
-# Claim the right to attempt a send. Returns {verdict, state}:
-#   send     - no attempt may have reached the provider: go ahead (the order is now in
-#              doubt, and due at ARGV[7], until this attempt's outcome is recorded)
-#   resolve  - an earlier attempt may have reached the provider (``doubt``): ask for
-#              evidence first, whatever the state says (sending, unsent or in_doubt)
-#   busy     - another worker holds the lock right now
-#   done     - the order is past sending (accepted, failed, ...): do nothing
-#   optout   - (only with KEYS[6], the opt-out hash) a recipient in ARGV[8..] sent STOP:
-#              nothing was written
-# A missing record and a producer's ``queued`` intent are the same: the record is created
-# (an intent's created_at kept) and the intent leaves P:intents. The due-set entry is
-# written before any HTTP call, so even a SIGKILL mid-send leaves the order where the
-# poller settles it. Re-running with the same token (a client-side retry after a lost
-# reply) gives "send" again.
-_CLAIM_SEND = """
-local order, lock, orders, due, intents, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local token, lock_ms, now, ttl, oid, due_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6], ARGV[7]
-if optouts then
-  for i = 8, #ARGV do
-    if redis.call('HEXISTS', optouts, ARGV[i]) == 1 then return {'optout', ''} end
-  end
-end
-local holder = redis.call('GET', lock)
-if holder and holder ~= token then return {'busy', redis.call('HGET', order, 'state') or ''} end
-local state = redis.call('HGET', order, 'state')
-local function attempt()
-  redis.call('HSET', order, 'state', 'sending', 'attempt_token', token, 'doubt', 1, 'doubt_since', now,
-    'ambiguous_at', now)
-  redis.call('HINCRBY', order, 'attempts', 1)
-  redis.call('SET', lock, token, 'PX', lock_ms)
-  redis.call('ZADD', due, due_at, oid)
-  return {'send', 'sending'}
-end
-if not state or state == 'queued' then
-  local created = redis.call('HGET', order, 'created_at')
-  redis.call('HSET', order, unpack(cjson.decode(ARGV[5])))
-  if created then redis.call('HSET', order, 'created_at', created) end
-  redis.call('HSET', order, 'attempts', 0)
-  redis.call('EXPIRE', order, ttl)
-  redis.call('ZADD', orders, now, oid)
-  redis.call('ZREM', intents, oid)
-  return attempt()
-end
-local doubt = redis.call('HGET', order, 'doubt') == '1'
-if state == 'sending' and redis.call('HGET', order, 'attempt_token') == token then
-  redis.call('SET', lock, token, 'PX', lock_ms)
-  return {'send', state}
-end
-if state == 'unsent' and not doubt then return attempt() end
-if state == 'sending' or state == 'unsent' or state == 'in_doubt' then
-  redis.call('SET', lock, token, 'PX', lock_ms)
-  return {'resolve', state}
-end
-return {'done', state}
-"""
-
-# Record the provider's acceptance once; initialise each recipient; schedule the first poll.
-# Also releases the send lock if ARGV[9] (a token, or '') still holds it: one round trip.
-_ACCEPT = """
-local order, rcpt, due, events, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local oid, state, fields, recipients = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
-local first_due, ttl, maxlen, at = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
-if ARGV[9] ~= '' and redis.call('GET', lock) == ARGV[9] then redis.call('DEL', lock) end
-local current = redis.call('HGET', order, 'state')
-if current ~= 'sending' and current ~= 'unsent' and current ~= 'in_doubt' then return current or '' end
-redis.call('HSET', order, 'state', state, 'doubt', 0, unpack(fields))
-redis.call('HDEL', order, 'error', 'error_code')
-for _, r in ipairs(recipients) do
-  redis.call('HSETNX', rcpt, r, cjson.encode({status='', delivered_at='', changed_at='', final=0}))
-end
-redis.call('EXPIRE', order, ttl)
-redis.call('EXPIRE', rcpt, ttl)
-redis.call('ZADD', due, first_due, oid)
-redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'order', 'order_id', oid, 'state', state,
-  'batch_id', redis.call('HGET', order, 'batch_id') or '', 'at', at)
-return state
-"""
-
-# Apply per-recipient statuses (from a poll or a push). A recipient changes at most once per
-# distinct status, never leaves a final status and never moves back (a late WAITING pushed
-# after WAIT4DLVR was polled), so racing polls and pushes emit one event per change.
-_APPLY = """
-local order, rcpt, hist, due, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local oid, rows, source, at = ARGV[1], cjson.decode(ARGV[2]), ARGV[3], ARGV[4]
-local now, ttl, maxlen, intervals = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], cjson.decode(ARGV[8])
-local state = redis.call('HGET', order, 'state')
-if not state then return {'missing'} end
-if state == 'cancelled' or state == 'expired' or state == 'failed' then return {state} end
-local batch = redis.call('HGET', order, 'batch_id') or ''
-local known, sent = redis.call('HKEYS', rcpt), {}
-for _, k in ipairs(known) do sent[k] = true end
-local function match(r)  -- the provider's spelling of a number (+33.., 0033..) onto the one we sent
-  if sent[r] then return r end
-  local digits = string.gsub(r, '^%++', '')
-  if string.sub(digits, 1, 2) == '00' then digits = string.sub(digits, 3) end
-  for _, k in ipairs(known) do
-    if (string.gsub(k, '^%++', '')) == digits then return k end
-  end
-  return r
-end
-local RANK = {[''] = -1, SCHEDULED = 0, WAITING = 1, UNKNOWN = 1, SENT = 2, WAIT4DLVR = 3}
-local changes = {}
-for _, row in ipairs(rows) do
-  local r, st, dd, fin = match(row[1]), row[2], row[3], row[4]
-  local cur = redis.call('HGET', rcpt, r)
-  local prev, was_final = '', 0
-  if cur then local c = cjson.decode(cur); prev = c['status']; was_final = c['final'] end
-  local forward = fin == 1 or (RANK[st] or 1) >= (RANK[prev] or 1)
-  if prev ~= st and was_final ~= 1 and forward then
-    redis.call('HSET', rcpt, r, cjson.encode({status=st, delivered_at=dd, changed_at=at, final=fin}))
-    redis.call('RPUSH', hist, cjson.encode({at=at, recipient=r, status=st, previous=prev, source=source}))
-    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'status', 'order_id', oid,
-      'recipient', r, 'status', st, 'previous', prev, 'delivered_at', dd, 'source', source,
-      'batch_id', batch, 'at', at)
-    table.insert(changes, cjson.encode({order_id=oid, recipient=r, status=st, previous=prev,
-      delivered_at=dd, source=source, batch_id=batch, at=at}))
-  end
-end
-local polls = tonumber(redis.call('HGET', order, 'polls') or '0')
-if source == 'poll' then polls = redis.call('HINCRBY', order, 'polls', 1) end
-if state == 'scheduled' then
-  for _, row in ipairs(rows) do
-    if row[2] ~= 'SCHEDULED' then
-      state = 'accepted'
-      redis.call('HSET', order, 'state', state)
-      break
-    end
-  end
-end
-local final = true
-for _, v in ipairs(redis.call('HVALS', rcpt)) do
-  if cjson.decode(v)['final'] ~= 1 then final = false break end
-end
-if final and redis.call('HLEN', rcpt) > 0 then
-  if state ~= 'completed' then
-    redis.call('HSET', order, 'state', 'completed', 'final', 1, 'completed_at', at)
-    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'order', 'order_id', oid,
-      'state', 'completed', 'batch_id', batch, 'at', at)
-  end
-  redis.call('ZREM', due, oid)
-elseif source == 'poll' then
-  local i = math.min(math.max(polls, 1), #intervals)
-  redis.call('ZADD', due, now + intervals[i], oid)
-end
-local sched = tonumber(redis.call('HGET', order, 'scheduled_epoch') or '0')
-if sched > now then ttl = ttl + math.ceil(sched - now) end  -- kept until its time plus the TTL
-for _, k in ipairs({order, rcpt, hist}) do redis.call('EXPIRE', k, ttl) end
-return changes
-"""
-
-# Take up to N due orders and lease them, so a crashed poll is retried after the lease.
-_CLAIM_DUE = """
-local due, now, n, lease = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = redis.call('ZRANGE', due, '-inf', now, 'BYSCORE', 'LIMIT', 0, n)
-for _, id in ipairs(ids) do redis.call('ZADD', due, tonumber(now) + lease, id) end
-return ids
-"""
-
-# A bulk request's intent, once its chunks are recorded: read from P:batch:{id} from now on.
-# Only a record still 'queued' goes (an order of the same id that was really sent stays).
-_DROP_INTENT = """
-if redis.call('HGET', KEYS[1], 'state') == 'queued' then redis.call('DEL', KEYS[1]) end
-return redis.call('ZREM', KEYS[2], ARGV[1])
-"""
-
-# Release a lock only if we still hold it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 def _flatten(mapping: dict[str, Any]) -> list[Any]:
     out: list[Any] = []
     for key, value in mapping.items():
@@ -383,12 +108,12 @@ class OrderStore:
         self.ttl = ttl
         self.stream_maxlen = stream_maxlen
         self.poll_intervals = list(poll_intervals)
-        self._claim_send = client.register_script(_CLAIM_SEND)
-        self._accept = client.register_script(_ACCEPT)
-        self._apply = client.register_script(_APPLY)
-        self._claim_due = client.register_script(_CLAIM_DUE)
-        self._release = client.register_script(_RELEASE)
-        self._drop_intent = client.register_script(_DROP_INTENT)
+        self._claim_send = scripts.register(client, "claim_send")
+        self._accept = scripts.register(client, "accept")
+        self._apply = scripts.register(client, "apply_statuses")
+        self._claim_due = scripts.register(client, "claim_due")
+        self._release = scripts.register(client, "release_lock")
+        self._drop_intent = scripts.register(client, "drop_intent")
 
     # --- sending -------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ asking SMSSTATUS, never by sending again.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import random
@@ -20,9 +19,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, cast
 
-from celery import Task
-
-from . import doubt, sms
+from . import contract, doubt, sms
+from .contract import QUEUE, chunk_order_id, order_id_for_task
 from .errors import (
     InvalidInput,
     NotReplicated,
@@ -31,7 +29,7 @@ from .errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from .runtime import Runtime
+from .runtime import MobytTask, Runtime
 from .store import (
     CANCELLED,
     FAILED,
@@ -44,17 +42,13 @@ from .store import (
     UNSETTLED,
     OrderRecord,
 )
-from .worker import QUEUE, app
+from .worker import app
 
 log = logging.getLogger(__name__)
 
 SEND_MAX_RETRIES = 12
 #: Longest wait for a rate-limit slot inside a task; a later slot is waited for in the queue.
 RATE_WAIT_IN_TASK = 3.0
-
-
-def _runtime() -> Runtime:
-    return app.runtime  # type: ignore[attr-defined]
 
 
 def _backoff(retries: int, cap: float, base: float = 1.0) -> float:
@@ -64,19 +58,6 @@ def _backoff(retries: int, cap: float, base: float = 1.0) -> float:
     return random.uniform(0, step)
 
 
-def order_id_for_task(task_id: str) -> str:
-    """A provider-valid order id (≤32 alphanumerics) that every redelivery of the task shares."""
-    plain = task_id.replace("-", "")
-    if re.fullmatch(r"[A-Za-z0-9]{1,32}", plain):
-        return plain
-    return hashlib.sha256(task_id.encode()).hexdigest()[:32]
-
-
-def chunk_order_id(batch_id: str, index: int) -> str:
-    """Deterministic order id of chunk ``index`` of a bulk send."""
-    return hashlib.sha256(f"{batch_id}:{index}".encode()).hexdigest()[:32]
-
-
 # --- send --------------------------------------------------------------------------------
 
 
@@ -84,9 +65,9 @@ def chunk_order_id(batch_id: str, index: int) -> str:
 EXPECTED = (InvalidInput, ProviderRejected, OrderNotFound, OrderNotCancellable)
 
 
-@app.task(name="mobyt.send_sms", bind=True, max_retries=SEND_MAX_RETRIES, throws=EXPECTED)
+@app.task(base=MobytTask, bind=True, name=contract.SEND_SMS, max_retries=SEND_MAX_RETRIES, throws=EXPECTED)
 def send_sms(
-    self: Task,
+    self: MobytTask,
     recipients: list[str] | str,
     message: str,
     message_type: str | None = None,
@@ -96,7 +77,7 @@ def send_sms(
     return_credits: bool = False,
     batch_id: str | None = None,
 ) -> dict[str, Any]:
-    rt = _runtime()
+    rt = self.runtime
     s = rt.settings
     order_id = order_id or order_id_for_task(self.request.id)  # fixed before the first attempt, kept by every retry
     try:
@@ -118,10 +99,10 @@ def send_sms(
         raise
 
 
-def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str, Any]:
+def _split_bulk(task: MobytTask, request: sms.SendRequest, batch_id: str) -> dict[str, Any]:
     """One order per chunk, all tied to ``batch_id``; chunk ids are deterministic, so a
     redelivered bulk task enqueues the same chunks and each is still sent once."""
-    rt = _runtime()
+    rt = task.runtime
     size = rt.settings.bulk_chunk_size
     chunks = [request.recipients[i:i + size] for i in range(0, len(request.recipients), size)]
     order_ids = [chunk_order_id(batch_id, i) for i in range(len(chunks))]
@@ -145,15 +126,15 @@ def _split_bulk(task: Task, request: sms.SendRequest, batch_id: str) -> dict[str
             "recipients": len(request.recipients), "credits": request.credits, "status": "batched"}
 
 
-def _lock_seconds() -> float:
+def _lock_seconds(rt: Runtime) -> float:
     """The send lock outlives one HTTP attempt (connect + read timeouts) and no more, so a
     SIGKILLed holder delays the redelivered task by seconds, not minutes."""
-    s = _runtime().settings
+    s = rt.settings
     return s.connect_timeout + s.read_timeout + 5
 
 
-def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: str | None) -> dict[str, Any]:
-    rt = _runtime()
+def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_id: str | None) -> dict[str, Any]:
+    rt = task.runtime
     store, s = rt.store, rt.settings
     meta = {
         "message_type": request.message_type, "sender": request.sender, "batch_id": batch_id,
@@ -168,8 +149,8 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
             log.info("order %s: send rate limit, no slot in time: queued again in %.2fs", order_id, wait)
             raise task.retry(countdown=wait, max_retries=None)
     # STOP is honoured before any HTTP call: the claim checks the opt-outs in its round trip.
-    claim = functools.partial(store.claim_send, order_id, meta, lock_seconds=_lock_seconds(),
-                              due_at=time.time() + _lock_seconds() + s.doubt_grace,
+    claim = functools.partial(store.claim_send, order_id, meta, lock_seconds=_lock_seconds(rt),
+                              due_at=time.time() + _lock_seconds(rt) + s.doubt_grace,
                               scheduled_epoch=request.scheduled_at.timestamp() if request.scheduled_at else None)
     verdict, state, token = claim(optout_key=rt.optouts.key, recipients=request.recipients)
     if verdict == "optout":
@@ -178,7 +159,7 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
     if verdict == "busy":
         raise task.retry(countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
     if verdict == "done":
-        return _send_result(order_id, request, state)
+        return _send_result(rt, order_id, request, state)
     try:
         if verdict == "resolve":
             settled = _resolve_for_send(task, request, order_id, state, token)
@@ -186,7 +167,7 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
                 return settled
             verdict, state, token = claim(token=token)  # absent: send
             if verdict != "send":
-                return _send_result(order_id, request, state)
+                return _send_result(rt, order_id, request, state)
         _require_replicated(task, order_id, token)
         result = _attempt(task, request, order_id, token)
         token = ""  # the acceptance released the lock in the same round trip
@@ -196,18 +177,18 @@ def _send_once(task: Task, request: sms.SendRequest, order_id: str, batch_id: st
             store.release_send(order_id, token)
 
 
-def _require_replicated(task: Task, order_id: str, token: str) -> None:
+def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
     """With MOBYT_REDIS_WAIT_REPLICAS, the claim must be on the replicas before the HTTP
     call: a claim a failover loses would let another worker send the order again. Too few
     acknowledgements end the attempt as surely unsent, retried with backoff."""
-    rt = _runtime()
+    rt = task.runtime
     store, s = rt.store, rt.settings
     try:
         rt.intents.replicas.require(store.keys.order(order_id), "attempt_token", token)
     except NotReplicated as exc:
         countdown = _backoff(task.request.retries, s.send_retry_max)
         store.mark_unsent(order_id, exc, token)
-        store.defer(order_id, time.time() + countdown + _lock_seconds() + s.doubt_grace)
+        store.defer(order_id, time.time() + countdown + _lock_seconds(rt) + s.doubt_grace)
         log.warning("order %s: not sent, the claim is not on the replicas (%s); retry %d", order_id, exc,
                     task.request.retries + 1)
         raise task.retry(exc=exc, countdown=countdown)
@@ -220,35 +201,35 @@ def _request_kwargs(request: sms.SendRequest, batch_id: str | None) -> dict[str,
             "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None, "batch_id": batch_id}
 
 
-def _resolve_for_send(task: Task, request: sms.SendRequest, order_id: str, state: str,
+def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, state: str,
                       token: str) -> dict[str, Any] | None:
     """An earlier attempt may have reached the provider: settle it on evidence. Returns the
     task's result, or None when the provider cleanly shows it never got the order (the
     caller then sends); raises a retry while the evidence is unclear."""
-    rt = _runtime()
+    rt = task.runtime
     store = rt.store
     record = store.require_order(order_id)
     evidence = doubt.gather(rt.client, rt.settings, record)
     rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
     if evidence.verdict == doubt.ACCEPTED:
         log.info("order %s: an earlier attempt was accepted by the provider; not sent again", order_id)
-        state = _record_acceptance(request, order_id, credits=None)
+        state = _record_acceptance(rt, request, order_id, credits=None)
         if evidence.rows:
             rt.record_statuses(order_id, evidence.rows, source="poll")
-        return _send_result(order_id, request, state)
+        return _send_result(rt, order_id, request, state)
     if evidence.verdict == doubt.ABSENT:
         if state == IN_DOUBT:  # never sent again automatically, even on evidence
             store.mark_failed(order_id, _absent_error(), allowed=(IN_DOUBT,))
-            return _send_result(order_id, request, FAILED)
+            return _send_result(rt, order_id, request, FAILED)
         log.info("order %s: the provider cleanly shows no earlier attempt; sending", order_id)
-        return None if store.end_doubt(order_id, token) else _send_result(order_id, request, record.state)
+        return None if store.end_doubt(order_id, token) else _send_result(rt, order_id, request, record.state)
     if state == IN_DOUBT:
-        return _send_result(order_id, request, IN_DOUBT)
+        return _send_result(rt, order_id, request, IN_DOUBT)
     countdown = max(_backoff(task.request.retries, rt.settings.send_retry_max),
                     evidence.ask_after - time.time())
-    _still_in_doubt(record, evidence, next_check=time.time() + countdown + _lock_seconds() + rt.settings.doubt_grace)
+    _still_in_doubt(rt, record, evidence, next_check=time.time() + countdown + _lock_seconds(rt) + rt.settings.doubt_grace)
     if task.request.retries >= SEND_MAX_RETRIES:  # the due-set poller keeps asking
-        return _send_result(order_id, request, store.require_order(order_id).state)
+        return _send_result(rt, order_id, request, store.require_order(order_id).state)
     log.warning("order %s: still in doubt (%s), asking again in %.1fs", order_id,
                 evidence.error or "grace period", countdown)
     raise task.retry(countdown=countdown)
@@ -258,10 +239,9 @@ def _absent_error() -> ProviderRejected:
     return ProviderRejected("the provider shows no such order after every attempt: nothing was billed")
 
 
-def _still_in_doubt(record: OrderRecord, evidence: doubt.Evidence, next_check: float) -> None:
+def _still_in_doubt(rt: Runtime, record: OrderRecord, evidence: doubt.Evidence, next_check: float) -> None:
     """Unclear evidence: look again at ``next_check``; past MOBYT_DOUBT_LIMIT the order is
     ``in_doubt`` (an event, a WARNING, a metric) and is then checked at the slowest pace."""
-    rt = _runtime()
     store, s = rt.store, rt.settings
     since = record.doubt_since or time.time()
     error = evidence.error or ProviderUnavailable("no evidence yet: within the grace period")
@@ -276,8 +256,8 @@ def _still_in_doubt(record: OrderRecord, evidence: doubt.Evidence, next_check: f
     store.defer(record.order_id, next_check)
 
 
-def _attempt(task: Task, request: sms.SendRequest, order_id: str, lock_token: str) -> dict[str, Any]:
-    rt = _runtime()
+def _attempt(task: MobytTask, request: sms.SendRequest, order_id: str, lock_token: str) -> dict[str, Any]:
+    rt = task.runtime
     store, s = rt.store, rt.settings
     try:
         receipt = rt.client.send_sms(request)
@@ -287,7 +267,7 @@ def _attempt(task: Task, request: sms.SendRequest, order_id: str, lock_token: st
         raise
     except ProviderUnavailable as exc:
         countdown = max(_backoff(task.request.retries, s.send_retry_max), getattr(exc, "retry_after", None) or 0.0)
-        next_check = time.time() + countdown + _lock_seconds() + s.doubt_grace
+        next_check = time.time() + countdown + _lock_seconds(rt) + s.doubt_grace
         if exc.ambiguous:  # stays in doubt: the next try, or the poller, asks for evidence first
             store.note_ambiguous(order_id, exc, next_check)
         else:
@@ -297,12 +277,11 @@ def _attempt(task: Task, request: sms.SendRequest, order_id: str, lock_token: st
                     task.request.retries + 1)
         raise task.retry(exc=exc, countdown=countdown)  # past the last retry, the poller settles it
     credits = receipt.count if request.return_credits else None
-    state = _record_acceptance(request, order_id, credits=credits, lock_token=lock_token)
-    return _send_result(order_id, request, state, credits=credits)
+    state = _record_acceptance(rt, request, order_id, credits=credits, lock_token=lock_token)
+    return _send_result(rt, order_id, request, state, credits=credits)
 
 
-def _record_acceptance(request: sms.SendRequest, order_id: str, credits: int | None, lock_token: str = "") -> str:
-    rt = _runtime()
+def _record_acceptance(rt: Runtime, request: sms.SendRequest, order_id: str, credits: int | None, lock_token: str = "") -> str:
     first = rt.settings.poll_intervals[0]
     start = request.scheduled_at.timestamp() if request.scheduled_at else time.time()
     fields = {"credits": credits} if credits is not None else None
@@ -311,10 +290,10 @@ def _record_acceptance(request: sms.SendRequest, order_id: str, credits: int | N
                                   release_token=lock_token or None)
 
 
-def _send_result(order_id: str, request: sms.SendRequest, state: str, credits: int | None = None) -> dict[str, Any]:
+def _send_result(rt: Runtime, order_id: str, request: sms.SendRequest, state: str, credits: int | None = None) -> dict[str, Any]:
     """The task's result; a redelivered task reports what the first run achieved."""
     if state == FAILED:
-        record = _runtime().store.require_order(order_id)
+        record = rt.store.require_order(order_id)
         raise ProviderRejected(f"order {order_id} was refused earlier: {record.error or ''}", record.error_code or "")
     status = {SCHEDULED: "scheduled", CANCELLED: "cancelled", IN_DOUBT: IN_DOUBT, SENDING: IN_DOUBT,
               UNSENT: IN_DOUBT}.get(state, "accepted")
@@ -325,10 +304,10 @@ def _send_result(order_id: str, request: sms.SendRequest, state: str, credits: i
 # --- status ----------------------------------------------------------------------------
 
 
-@app.task(name="mobyt.poll_due")
-def poll_due() -> dict[str, int]:
+@app.task(base=MobytTask, bind=True, name=contract.POLL_DUE)
+def poll_due(self: MobytTask) -> dict[str, int]:
     """Beat tick: claim the orders whose poll is due and enqueue one poll each."""
-    rt = _runtime()
+    rt = self.runtime
     s = rt.settings
     lease = max(60.0, 2 * (s.connect_timeout + s.read_timeout))
     ids = rt.store.claim_due(limit=s.poll_batch, lease=lease)
@@ -337,10 +316,10 @@ def poll_due() -> dict[str, int]:
     return {"enqueued": len(ids)}
 
 
-@app.task(name="mobyt.poll_status", throws=EXPECTED)
-def poll_status(order_id: str) -> dict[str, Any]:
+@app.task(base=MobytTask, bind=True, name=contract.POLL_STATUS, throws=EXPECTED)
+def poll_status(self: MobytTask, order_id: str) -> dict[str, Any]:
     """One status check of one order; returns the order record."""
-    rt = _runtime()
+    rt = self.runtime
     store = rt.store
     record = store.get_order(order_id)
     if record is None:  # expired or deleted: nothing to follow, and nothing to claim again
@@ -348,7 +327,7 @@ def poll_status(order_id: str) -> dict[str, Any]:
         log.info("order %s: due for a poll but its record is gone; dropped from the due set", order_id)
         return {"order_id": order_id, "state": "missing"}
     if record.state in UNSETTLED:
-        _settle_unfinished_send(record)
+        _settle_unfinished_send(rt, record)
     elif record.state in OPEN_STATES:
         created = datetime.fromisoformat(record.created_at).timestamp()
         if record.scheduled_at:
@@ -366,11 +345,10 @@ def poll_status(order_id: str) -> dict[str, Any]:
     return store.require_order(order_id).to_dict()
 
 
-def _settle_unfinished_send(record: OrderRecord) -> None:
+def _settle_unfinished_send(rt: Runtime, record: OrderRecord) -> None:
     """A send no task is finishing: accepted on evidence that the provider has it, failed
     (nothing billed) on evidence that it does not or that no attempt ever reached it, and
     otherwise still in doubt, asked again later. Never sends."""
-    rt = _runtime()
     store, order_id = rt.store, record.order_id
     lock_ms = rt.redis.pttl(store.keys.send_lock(order_id))
     if lock_ms > 0 or lock_ms == -1:  # an attempt is in flight: look after it
@@ -393,7 +371,7 @@ def _settle_unfinished_send(record: OrderRecord) -> None:
         intervals = rt.settings.poll_intervals
         pause = intervals[min(record.polls, len(intervals) - 1)]
         rt.redis.hincrby(store.keys.order(order_id), "polls", 1)
-        _still_in_doubt(record, evidence, next_check=max(time.time() + pause, evidence.ask_after))
+        _still_in_doubt(rt, record, evidence, next_check=max(time.time() + pause, evidence.ask_after))
 
 
 def _stored_recipients(record: OrderRecord) -> list[str]:
@@ -406,10 +384,10 @@ def _stored_recipients(record: OrderRecord) -> list[str]:
 # --- cancel and history ---------------------------------------------------------------------
 
 
-@app.task(name="mobyt.cancel", throws=EXPECTED)
-def cancel(order_id: str) -> dict[str, Any]:
+@app.task(base=MobytTask, bind=True, name=contract.CANCEL, throws=EXPECTED)
+def cancel(self: MobytTask, order_id: str) -> dict[str, Any]:
     """REMOVE_DELAYED for a scheduled order; refuses anything else with a clear error."""
-    rt = _runtime()
+    rt = self.runtime
     order_id = sms.validate_order_id(order_id)
     record = rt.store.require_order(order_id)
     if record.state == CANCELLED:
@@ -424,16 +402,15 @@ def cancel(order_id: str) -> dict[str, Any]:
         # REMOVE_DELAYED is retried on transient errors; if an earlier try was applied and
         # its answer lost, the retry is refused. Cancelled only if the provider then cleanly
         # shows the order gone; any other answer leaves it scheduled (and followed).
-        if not _cleanly_gone(order_id):
+        if not _cleanly_gone(rt, order_id):
             raise
         log.info("order %s: REMOVE_DELAYED refused (%s) but the order is gone: cancelled", order_id, refused.code)
     rt.store.mark_cancelled(order_id)
     return rt.store.require_order(order_id).to_dict()
 
 
-def _cleanly_gone(order_id: str) -> bool:
+def _cleanly_gone(rt: Runtime, order_id: str) -> bool:
     """SMSSTATUS answered OK without rows, or with a KO configured to mean "unknown order"."""
-    rt = _runtime()
     try:
         return not rt.client.sms_status(order_id)
     except ProviderRejected as exc:
@@ -442,14 +419,14 @@ def _cleanly_gone(order_id: str) -> bool:
         return False
 
 
-@app.task(name="mobyt.sms_history", bind=True, throws=EXPECTED)
-def sms_history(self: Task, date_from: str, date_to: str) -> list[dict[str, Any]]:
+@app.task(base=MobytTask, bind=True, name=contract.SMS_HISTORY, throws=EXPECTED)
+def sms_history(self: MobytTask, date_from: str, date_to: str) -> list[dict[str, Any]]:
     """SMSHISTORY between two ISO-8601 instants (with offsets), one request per day of the
     period. Over more than a day, the task's state is PROGRESS while it runs, with
     ``{"windows_done", "windows", "orders"}`` as its info."""
     start, end = parse_period(date_from, date_to)
     rows: list[Any] = []
-    for done, windows, found in _runtime().client.sms_history_windows(start, end):
+    for done, windows, found in self.runtime.client.sms_history_windows(start, end):
         rows += found
         if windows > 1 and done < windows and self.request.id:
             self.update_state(state="PROGRESS", meta={"windows_done": done, "windows": windows, "orders": len(rows)})
@@ -481,11 +458,11 @@ def _jsonable(row: Any) -> dict[str, Any]:
 PROVIDER_FAILURES = (ProviderUnavailable, ProviderRejected)
 
 
-@app.task(name="mobyt.poll_inbox", throws=PROVIDER_FAILURES)
-def poll_inbox() -> dict[str, int]:
+@app.task(base=MobytTask, bind=True, name=contract.POLL_INBOX, throws=PROVIDER_FAILURES)
+def poll_inbox(self: MobytTask) -> dict[str, int]:
     """SRNEWMESSAGES; each message stored once. The read is destructive: when its answer
     may have been lost, reconcile at once rather than at the next scheduled run."""
-    rt = _runtime()
+    rt = self.runtime
     try:
         messages = rt.client.new_messages()
     except PROVIDER_FAILURES as exc:
@@ -497,10 +474,10 @@ def poll_inbox() -> dict[str, int]:
     return rt.inbox.store_all(messages, source="poll").to_dict()
 
 
-@app.task(name="mobyt.reconcile_inbox", throws=PROVIDER_FAILURES)
-def reconcile_inbox() -> dict[str, int]:
+@app.task(base=MobytTask, bind=True, name=contract.RECONCILE_INBOX, throws=PROVIDER_FAILURES)
+def reconcile_inbox(self: MobytTask) -> dict[str, int]:
     """SRHISTORYBYID from the reconciled cursor: stores what no poll or push stored."""
-    rt = _runtime()
+    rt = self.runtime
     try:
         result = rt.inbox.reconcile(rt.client.inbox_since)
     except PROVIDER_FAILURES as exc:
@@ -511,12 +488,12 @@ def reconcile_inbox() -> dict[str, int]:
     return result
 
 
-@app.task(name="mobyt.inbox_history", throws=(InvalidInput, *PROVIDER_FAILURES))
-def inbox_history(date_from: str | None = None, date_to: str | None = None,
+@app.task(base=MobytTask, bind=True, name=contract.INBOX_HISTORY, throws=(InvalidInput, *PROVIDER_FAILURES))
+def inbox_history(self: MobytTask, date_from: str | None = None, date_to: str | None = None,
                   since_id: int | str | None = None) -> list[dict[str, Any]]:
     """Received SMS: ``since_id`` (SRHISTORYBYID, ids greater than it; 0 = all) or the
     period ``date_from``..``date_to`` (SRHISTORY, ISO-8601 with offsets). Read only."""
-    client = _runtime().client
+    client = self.runtime.client
     if since_id is not None:
         if date_from is not None or date_to is not None:
             raise InvalidInput("since_id", "give since_id, or date_from and date_to, not both")
@@ -537,10 +514,10 @@ def _message_id(value: object) -> int:
     raise InvalidInput("since_id", "must be an integer >= 0")
 
 
-@app.task(name="mobyt.check_credits", throws=PROVIDER_FAILURES)
-def check_credits() -> dict[str, Any]:
+@app.task(base=MobytTask, bind=True, name=contract.CHECK_CREDITS, throws=PROVIDER_FAILURES)
+def check_credits(self: MobytTask) -> dict[str, Any]:
     """CREDITS: store the balance per type and nation; alert under the threshold."""
-    rt = _runtime()
+    rt = self.runtime
     try:
         return rt.credits.refresh(rt.client)
     except PROVIDER_FAILURES as exc:
@@ -551,11 +528,11 @@ def check_credits() -> dict[str, Any]:
 # --- intents -------------------------------------------------------------------------------
 
 
-@app.task(name="mobyt.replay_intents")
-def replay_intents() -> dict[str, int]:
+@app.task(base=MobytTask, bind=True, name=contract.REPLAY_INTENTS)
+def replay_intents(self: MobytTask) -> dict[str, int]:
     """Beat tick: publish again the sends written as intents that no worker has claimed
     (a message the broker lost). Same task id and kwargs: the claim sends each once."""
-    rt = _runtime()
+    rt = self.runtime
     due = rt.intents.due(limit=rt.settings.poll_batch)
     for intent in due:
         log.warning("order %s: still queued after %.0f s, publishing task %s again",

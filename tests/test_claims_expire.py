@@ -4,7 +4,8 @@ takes it off the due-set and writes an event."""
 
 from __future__ import annotations
 
-from mobyt_worker.store import OrderStore, connect
+from mobyt_worker.connection import connect
+from mobyt_worker.store import OrderStore
 
 from .producer import bare_client, call
 from .support import wait_for

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from mobyt_worker.store import OrderStore, connect
-from mobyt_worker.tasks import order_id_for_task
+from mobyt_worker.connection import connect
+from mobyt_worker.store import OrderStore
+from mobyt_worker.contract import order_id_for_task
 
 from .producer import bare_client, call
 from .support import wait_for

@@ -9,7 +9,8 @@ import time
 import pytest
 import redis
 
-from mobyt_worker.store import OrderStore, connect
+from mobyt_worker.connection import connect
+from mobyt_worker.store import OrderStore
 
 from .producer import bare_client, call
 from .support import RedisServer, wait_for

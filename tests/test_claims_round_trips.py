@@ -8,6 +8,7 @@ round trips per task (BRPOP, unacked bookkeeping, result, ack) come on top.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from typing import Iterator
@@ -16,7 +17,7 @@ import pytest
 import redis
 
 from mobyt_worker.runtime import Runtime
-from mobyt_worker.store import connect
+from mobyt_worker.connection import connect
 
 SENDS = 20
 NUMBER = "+33612345670"
@@ -39,17 +40,17 @@ class CountingConnection(redis.Connection):
 
 
 @pytest.fixture
-def counted(settings) -> Iterator[Runtime]:
+def counted(settings, monkeypatch) -> Iterator[Runtime]:
     """The worker app's per-process Runtime, with its Redis client counting round trips."""
+    from mobyt_worker import runtime
     from mobyt_worker.worker import app
 
     client = connect(settings.redis_url)
     client.connection_pool.connection_class = CountingConnection
     rt = Runtime(settings, producer=app)
     rt.__dict__["redis"] = client
-    previous, app.runtime = app.runtime, rt  # type: ignore[attr-defined]
+    monkeypatch.setattr(runtime, "_process", (os.getpid(), rt))  # what process_runtime hands every task
     yield rt
-    app.runtime = previous  # type: ignore[attr-defined]
     rt.close()
 
 

@@ -21,7 +21,8 @@ import redis
 import requests
 from celery import Celery
 
-from mobyt_worker.store import OrderStore, connect
+from mobyt_worker.connection import connect
+from mobyt_worker.store import OrderStore
 
 from .support import ROOT, RedisServer, free_port, wait_for
 

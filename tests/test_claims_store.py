@@ -12,7 +12,8 @@ import redis
 
 from mobyt_worker.inbox import InboxStore
 from mobyt_worker.protocol import InboundMessage, RecipientStatus, Status
-from mobyt_worker.store import OrderStore, connect
+from mobyt_worker.connection import connect
+from mobyt_worker.store import OrderStore
 
 NUMBER = "+33612345670"
 TTL = 1000

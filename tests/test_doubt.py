@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mobyt_worker.store import OrderStore, connect
+from mobyt_worker.connection import connect
+from mobyt_worker.store import OrderStore
 
 from .producer import bare_client, call
 from .support import wait_for

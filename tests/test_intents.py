@@ -12,8 +12,9 @@ import redis
 from mobyt_worker.errors import InvalidInput
 from mobyt_worker.intents import Intents
 from mobyt_worker.producer import connect, new_order_id, send_sms
-from mobyt_worker.store import Keys, OrderStore
-from mobyt_worker.store import connect as connect_redis
+from mobyt_worker.keys import Keys
+from mobyt_worker.store import OrderStore
+from mobyt_worker.connection import connect as connect_redis
 
 from .support import wait_for
 

@@ -16,7 +16,8 @@ import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from mobyt_worker.store import OrderStore, connect
+from mobyt_worker.connection import connect
+from mobyt_worker.store import OrderStore
 
 from .conftest import PASSWORD
 from .producer import bare_client, call

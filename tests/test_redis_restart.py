@@ -9,7 +9,7 @@ import redis
 
 from mobyt_worker.producer import connect, send_sms
 from mobyt_worker.store import OrderStore
-from mobyt_worker.store import connect as connect_redis
+from mobyt_worker.connection import connect as connect_redis
 
 from .support import RedisServer, wait_for
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from mobyt_worker.store import OrderStore, connect, parse_sentinel_url
+from mobyt_worker.connection import connect, parse_sentinel_url
+from mobyt_worker.store import OrderStore
 
 from .support import RedisServer, free_port, wait_for
 

@@ -1,0 +1,134 @@
+"""The Celery app of the workers and beat: Redis broker and result backend, configured so
+that nothing is lost, and the beat schedule. worker.py builds it from the environment."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from . import broker, contract, kombu_fix
+from .config import Settings
+from .connection import REDIS_RETRY, connect, parse_sentinel_url
+from .contract import QUEUE
+from .intents import Intents
+from .keys import Keys
+from .producer import Producer
+
+
+class MobytApp(Producer):
+    """The workers' Celery app. It carries the Settings it was built from: each process
+    builds its Runtime from them (runtime.MobytTask), and its sends' intents go to the
+    store those settings name."""
+
+    def __init__(self, settings: Settings, *, intents: Intents | None = None) -> None:
+        super().__init__("mobyt", include=["mobyt_worker.tasks"], intents=intents)
+        self.settings = settings
+
+    def _new_intents(self) -> Intents:
+        s = self.settings
+        return Intents(connect(s.redis_url, sentinel_master=s.sentinel_master), s.key_prefix,
+                       ttl=s.order_ttl, replay_after=s.replay_after)
+
+
+def create_app(settings: Settings, *, intents: Intents | None = None) -> MobytApp:
+    """The app of the workers and beat, and of any process that enqueues to them with the
+    same settings (web, CLI). ``intents``: an existing store for its sends' intents."""
+    kombu_fix.apply()  # a channel closed while Redis restarts must not stop the worker
+    app = MobytApp(settings, intents=intents)
+    vt = settings.visibility_timeout
+    app.conf.update(
+        broker_url=settings.broker_url or settings.redis_url,
+        result_backend=settings.redis_url,
+        # JSON only: tasks are called by name from other languages/services; no pickle.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue=QUEUE,
+        # Ack after the task ran, and requeue if the worker died mid-task: a SIGKILLed
+        # send is redelivered. Safe because every task is idempotent (order records).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message per thread in advance: with acks_late, prefetched messages wait
+        # unacked in this process; keeping few of them bounds what a crash delays.
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            # A message unacked this long is handed to another worker. It must exceed the
+            # longest task plus any countdown we use (retries cap at send_retry_max, and
+            # polls are driven by the due-set in Redis, never by long ETAs).
+            "visibility_timeout": vt,
+            # Look for such messages every vt/10 s (kombu's default is every ~100 s).
+            "unacked_restore_interval": max(1, min(10, vt // 10)),
+            "unacked_restore_throttle": 1,
+            "health_check_interval": 15,
+        },
+        result_backend_transport_options={"retry_policy": {"timeout": 10.0}},
+        redis_backend_health_check_interval=15,
+        redis_retry_on_timeout=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # On a lost broker connection, running tasks finish (a thread cannot be stopped
+        # mid-request); their ack is lost, so they come back after the visibility timeout
+        # and, being idempotent, find their work done.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # SIGTERM (mapped to Celery's cold shutdown by REMAP_SIGTERM=SIGQUIT, see the
+        # Procfile) stops taking messages, gives running tasks this grace, then hands
+        # every unacked message back to the queue at once instead of after the
+        # visibility timeout. Only when tasks are running: an idle worker exits at once.
+        worker_soft_shutdown_timeout=settings.shutdown_grace,
+        worker_enable_soft_shutdown_on_idle=False,
+        broker_pool_limit=max(10, settings.worker_concurrency),
+        result_expires=timedelta(days=1),
+        # Enforced by prefork/gevent pools; the threads pool relies on HTTP timeouts.
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - 15),
+        worker_concurrency=settings.worker_concurrency,
+        worker_pool="threads",
+        task_track_started=False,
+        enable_utc=True,
+        timezone="UTC",
+        # RedBeat, with ticks that survive a Redis outage or failover (scheduler.py).
+        beat_scheduler="mobyt_worker.scheduler:ResilientRedBeatScheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix=Keys(settings.key_prefix).beat_prefix,
+        redbeat_lock_key=Keys(settings.key_prefix).beat_lock,
+        # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
+        # calls, and a tick that still fails is tried again (scheduler.py).
+        redbeat_redis_options={"retry_period": -1, **REDIS_RETRY},
+        # RedBeat: only the beat holding the lock in Redis ticks; the others wait for it.
+        # The lock lives 5 x this interval unless extended (a beat extends it at every
+        # tick), so a beat killed without releasing it is replaced within ~25 s.
+        beat_max_loop_interval=5,
+        beat_schedule={
+            "poll-due-orders": _every(contract.POLL_DUE, settings.poll_tick, expires=max(settings.poll_tick * 2, 10)),
+            "poll-inbox": _every(contract.POLL_INBOX, settings.inbox_interval),
+            "reconcile-inbox": _every(contract.RECONCILE_INBOX, settings.reconcile_interval),
+            "check-credits": _every(contract.CHECK_CREDITS, settings.credits_interval),
+            "replay-intents": _every(contract.REPLAY_INTENTS, max(1.0, min(30.0, settings.replay_after / 4))),
+        },
+    )
+    if settings.broker_url and broker.is_amqp(settings.broker_url):
+        app.conf.update(broker.options(settings.broker_url))  # RabbitMQ: its own transport options
+    if settings.broker_key_prefix:
+        # Celery's own keys (queue, unacked, results) under a prefix too, for a Redis DB
+        # shared with others (the demo does this). Producers must set the same prefix.
+        for options in (app.conf.broker_transport_options, app.conf.result_backend_transport_options):
+            options["global_keyprefix"] = settings.broker_key_prefix
+    if settings.redis_url.startswith("sentinel://"):
+        _follow_sentinel(app, settings)
+    return app
+
+
+def _follow_sentinel(app: MobytApp, settings: Settings) -> None:
+    """Broker, results and RedBeat all ask the sentinels for the current master."""
+    hosts, db, password = parse_sentinel_url(settings.redis_url)
+    master = settings.sentinel_master
+    app.conf.broker_transport_options["master_name"] = master
+    app.conf.result_backend_transport_options["master_name"] = master
+    app.conf.redbeat_redis_url = "redis-sentinel://"
+    app.conf.redbeat_redis_options.update(
+        {"sentinels": hosts, "service_name": master, "db": db, "password": password, "socket_timeout": 10})
+
+
+def _every(task: str, seconds: float, *, expires: float | None = None) -> dict[str, object]:
+    """A beat entry. A run still queued when the next one is due is dropped (``expires``)."""
+    return {"task": task, "schedule": timedelta(seconds=seconds),
+            "options": {"queue": QUEUE, "expires": expires if expires is not None else max(seconds, 5.0)}}

@@ -1,0 +1,87 @@
+"""The public contract of the workers: the queue, the task names, their arguments and
+results. Workers, beat, producers, the CLI, the demo and the HTTP API take the names from
+here, and a service that enqueues by name uses the same strings (README, "Public contract").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, TypedDict
+
+#: Every task of ours is consumed from this queue.
+QUEUE = "mobyt"
+
+SEND_SMS = "mobyt.send_sms"
+POLL_STATUS = "mobyt.poll_status"
+CANCEL = "mobyt.cancel"
+SMS_HISTORY = "mobyt.sms_history"
+INBOX_HISTORY = "mobyt.inbox_history"
+#: Beat jobs (they may also be called by name, e.g. to check credits at once).
+POLL_DUE = "mobyt.poll_due"
+POLL_INBOX = "mobyt.poll_inbox"
+RECONCILE_INBOX = "mobyt.reconcile_inbox"
+CHECK_CREDITS = "mobyt.check_credits"
+REPLAY_INTENTS = "mobyt.replay_intents"
+
+
+class SendSmsArgs(TypedDict, total=False):
+    """Keyword arguments of ``mobyt.send_sms`` (``recipients`` and ``message`` required)."""
+
+    recipients: list[str] | str
+    message: str
+    message_type: str | None
+    sender: str | None
+    scheduled_at: str | None
+    order_id: str | None
+    return_credits: bool
+    batch_id: str | None
+
+
+class SendResult(TypedDict):
+    """Result of ``mobyt.send_sms``: status ``accepted``, ``scheduled``, ``cancelled`` or ``in_doubt``."""
+
+    order_id: str
+    recipients: list[str]
+    credits: int
+    status: str
+
+
+class BatchResult(TypedDict):
+    """Result of ``mobyt.send_sms`` with more recipients than MOBYT_BULK_CHUNK_SIZE."""
+
+    order_id: str
+    batch_id: str
+    orders: list[str]
+    recipients: int
+    credits: int
+    status: str
+
+
+class InboxResult(TypedDict, total=False):
+    """Result of ``mobyt.poll_inbox`` (``mobyt.reconcile_inbox`` adds ``from_id`` and ``reconciled``)."""
+
+    received: int
+    new: int
+    stops: int
+    max_id: int
+    from_id: int
+    reconciled: int
+
+
+#: ``mobyt.poll_status`` and ``mobyt.cancel`` return the order record (store.OrderRecord as a dict).
+OrderRecordDict = dict[str, Any]
+
+
+def order_id_for_task(task_id: str) -> str:
+    """The order id ``mobyt.send_sms`` derives when none is given: a provider-valid id
+    (≤32 alphanumerics) that every redelivery of the task shares."""
+    plain = task_id.replace("-", "")
+    if re.fullmatch(r"[A-Za-z0-9]{1,32}", plain):
+        return plain
+    return hashlib.sha256(task_id.encode()).hexdigest()[:32]
+
+
+def chunk_order_id(batch_id: str, index: int) -> str:
+    """Deterministic order id of chunk ``index`` of a bulk send."""
+    return hashlib.sha256(f"{batch_id}:{index}".encode()).hexdigest()[:32]

@@ -1,0 +1,71 @@
+"""Key names: every Redis key the product writes is spelled here, under one prefix.
+
+Key schema (``P`` is ``MOBYT_KEY_PREFIX``, default ``mobyt``):
+
+====================================  ======  ==================================================
+key                                   type    content
+====================================  ======  ==================================================
+``P:order:{order_id}``                hash    the order record (see :class:`OrderRecord`)
+``P:order:{order_id}:rcpt``           hash    recipient -> JSON {status, delivered_at, changed_at, final}
+``P:order:{order_id}:history``        list    JSON status changes, oldest first
+``P:order:{order_id}:lock``           string  send lock: one attempt in flight per order
+``P:intents``                         zset    order_id of a ``queued`` intent, scored by when to replay it
+``P:orders``                          zset    order_id scored by creation time (recent orders)
+``P:poll:due``                        zset    order_id scored by when its next status poll is due
+``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
+``P:events``                          stream  status changes and order events (see README)
+====================================  ======  ==================================================
+
+The README's key table lists the others (inbox, opt-outs, credits, metrics, beat).
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    """The one place key names are spelled, for every module (orders, inbox, opt-outs,
+    credits, metrics, rate limit, beat). The table above and the README's say
+    what each holds."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.orders = f"{prefix}:orders"
+        self.due = f"{prefix}:poll:due"
+        self.intents = f"{prefix}:intents"
+        self.events = f"{prefix}:events"
+        self.inbox_message_prefix = f"{prefix}:inbox:msg:"
+        self.inbox_ids = f"{prefix}:inbox:ids"
+        self.inbound = f"{prefix}:inbound"
+        self.inbox_hwm = f"{prefix}:inbox:hwm"
+        self.inbox_reconciled = f"{prefix}:inbox:reconciled"
+        self.optout = f"{prefix}:optout"
+        self.credits = f"{prefix}:credits"
+        self.credits_history = f"{prefix}:credits:history"
+        self.metrics = f"{prefix}:metrics"
+        self.send_rate = f"{prefix}:ratelimit:send"
+        self.beat_prefix = f"{prefix}:beat:"  # RedBeat appends to it: P:beat:poll-due-orders, P:beat::schedule
+        self.beat_lock = f"{prefix}:beat:lock"
+        self.heartbeats = f"{prefix}:heartbeats"
+        self.provider_ok = f"{prefix}:provider:last_ok"
+        self.api = f"{prefix}:api"
+
+    def inbox_message(self, message_id: int) -> str:
+        return f"{self.inbox_message_prefix}{message_id}"
+
+    def order(self, order_id: str) -> str:
+        return f"{self.prefix}:order:{order_id}"
+
+    def recipients(self, order_id: str) -> str:
+        return f"{self.prefix}:order:{order_id}:rcpt"
+
+    def history(self, order_id: str) -> str:
+        return f"{self.prefix}:order:{order_id}:history"
+
+    def send_lock(self, order_id: str) -> str:
+        return f"{self.prefix}:order:{order_id}:lock"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def order_keys(self, order_id: str) -> list[str]:
+        return [self.order(order_id), self.recipients(order_id), self.history(order_id)]

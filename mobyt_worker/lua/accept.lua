@@ -1,0 +1,19 @@
+-- Record the provider's acceptance once; initialise each recipient; schedule the first poll.
+-- Also releases the send lock if ARGV[9] (a token, or '') still holds it: one round trip.
+local order, rcpt, due, events, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local oid, state, fields, recipients = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+local first_due, ttl, maxlen, at = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+if ARGV[9] ~= '' and redis.call('GET', lock) == ARGV[9] then redis.call('DEL', lock) end
+local current = redis.call('HGET', order, 'state')
+if current ~= 'sending' and current ~= 'unsent' and current ~= 'in_doubt' then return current or '' end
+redis.call('HSET', order, 'state', state, 'doubt', 0, unpack(fields))
+redis.call('HDEL', order, 'error', 'error_code')
+for _, r in ipairs(recipients) do
+  redis.call('HSETNX', rcpt, r, cjson.encode({status='', delivered_at='', changed_at='', final=0}))
+end
+redis.call('EXPIRE', order, ttl)
+redis.call('EXPIRE', rcpt, ttl)
+redis.call('ZADD', due, first_due, oid)
+redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'order', 'order_id', oid, 'state', state,
+  'batch_id', redis.call('HGET', order, 'batch_id') or '', 'at', at)
+return state

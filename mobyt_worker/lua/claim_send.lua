@@ -1,0 +1,53 @@
+-- Claim the right to attempt a send. Returns {verdict, state}:
+--   send     - no attempt may have reached the provider: go ahead (the order is now in
+--              doubt, and due at ARGV[7], until this attempt's outcome is recorded)
+--   resolve  - an earlier attempt may have reached the provider (``doubt``): ask for
+--              evidence first, whatever the state says (sending, unsent or in_doubt)
+--   busy     - another worker holds the lock right now
+--   done     - the order is past sending (accepted, failed, ...): do nothing
+--   optout   - (only with KEYS[6], the opt-out hash) a recipient in ARGV[8..] sent STOP:
+--              nothing was written
+-- A missing record and a producer's ``queued`` intent are the same: the record is created
+-- (an intent's created_at kept) and the intent leaves P:intents. The due-set entry is
+-- written before any HTTP call, so even a SIGKILL mid-send leaves the order where the
+-- poller settles it. Re-running with the same token (a client-side retry after a lost
+-- reply) gives "send" again.
+local order, lock, orders, due, intents, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local token, lock_ms, now, ttl, oid, due_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6], ARGV[7]
+if optouts then
+  for i = 8, #ARGV do
+    if redis.call('HEXISTS', optouts, ARGV[i]) == 1 then return {'optout', ''} end
+  end
+end
+local holder = redis.call('GET', lock)
+if holder and holder ~= token then return {'busy', redis.call('HGET', order, 'state') or ''} end
+local state = redis.call('HGET', order, 'state')
+local function attempt()
+  redis.call('HSET', order, 'state', 'sending', 'attempt_token', token, 'doubt', 1, 'doubt_since', now,
+    'ambiguous_at', now)
+  redis.call('HINCRBY', order, 'attempts', 1)
+  redis.call('SET', lock, token, 'PX', lock_ms)
+  redis.call('ZADD', due, due_at, oid)
+  return {'send', 'sending'}
+end
+if not state or state == 'queued' then
+  local created = redis.call('HGET', order, 'created_at')
+  redis.call('HSET', order, unpack(cjson.decode(ARGV[5])))
+  if created then redis.call('HSET', order, 'created_at', created) end
+  redis.call('HSET', order, 'attempts', 0)
+  redis.call('EXPIRE', order, ttl)
+  redis.call('ZADD', orders, now, oid)
+  redis.call('ZREM', intents, oid)
+  return attempt()
+end
+local doubt = redis.call('HGET', order, 'doubt') == '1'
+if state == 'sending' and redis.call('HGET', order, 'attempt_token') == token then
+  redis.call('SET', lock, token, 'PX', lock_ms)
+  return {'send', state}
+end
+if state == 'unsent' and not doubt then return attempt() end
+if state == 'sending' or state == 'unsent' or state == 'in_doubt' then
+  redis.call('SET', lock, token, 'PX', lock_ms)
+  return {'resolve', state}
+end
+return {'done', state}
