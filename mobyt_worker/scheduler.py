@@ -5,10 +5,15 @@ ends ``celery beat``. Here a tick that cannot reach Redis is skipped and tried a
 shortly; a beat that no longer holds the lock (it expired during the outage, or another
 beat took it) does not tick until it has taken the lock again, so one beat ticks at a
 time.
+
+It also runs the jobs of a fresh deployment at once: RedBeat stores a new entry as last
+run *now*, so the first credits check would wait a whole interval. An entry that ran
+before keeps its pace, across a restart or a takeover: never twice for one interval.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -31,6 +36,19 @@ class ResilientRedBeatScheduler(RedBeatScheduler):
     lock: Any = None  # RedBeat's redis-py Lock while held
     _lost: Any = None  # the lock object while it is not held (None: held, or never taken)
     _outage = False
+
+    def setup_schedule(self) -> None:
+        client = get_redis(self.app)
+        fresh = [key for key in (self.Entry.generate_key(self.app, name) for name in self.app.redbeat_conf.schedule)
+                 if not client.exists(key)]
+        super().setup_schedule()
+        for key in fresh:  # never run: due now (RedBeat's own reading of last_run_at None)
+            entry = self.Entry.from_key(key, app=self.app)
+            entry.last_run_at = None
+            with client.pipeline() as pipe:
+                pipe.hset(key, "meta", json.dumps({"last_run_at": None}))
+                pipe.zadd(self.app.redbeat_conf.schedule_key, {key: entry.score})
+                pipe.execute()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

@@ -321,7 +321,7 @@ def poll_status(self: MobytTask, order_id: str) -> dict[str, Any]:
     """One status check of one order; returns the order record."""
     rt = self.runtime
     store = rt.store
-    record = store.get_order(order_id)
+    record = store.get_order(order_id, with_history=False)
     if record is None:  # expired or deleted: nothing to follow, and nothing to claim again
         store.forget_due(order_id)
         log.info("order %s: due for a poll but its record is gone; dropped from the due set", order_id)

@@ -112,13 +112,8 @@ def _heartbeat_stop(**_: object) -> None:
 
 
 @beat_init.connect
-def _first_round(sender: object = None, **_: object) -> None:
-    """Right after RedBeat's handler took the lock: check credits and poll the inbox at
-    once, so a fresh deployment shows its balance within seconds, not one interval."""
+def _beat_heartbeat(sender: object = None, **_: object) -> None:
+    """A beat's heartbeat says whether it holds the lock (a fresh deployment's first
+    round of jobs is the scheduler's: scheduler.py)."""
     scheduler = getattr(sender, "scheduler", None)
     atexit.register(_heartbeat("beat", holds_lock=lambda: getattr(scheduler, "lock", None) is not None).stop)
-    if getattr(scheduler, "lock", None) is None:
-        return
-    s = app.settings
-    for name, every in ((contract.CHECK_CREDITS, s.credits_interval), (contract.POLL_INBOX, s.inbox_interval)):
-        app.send_task(name, queue=QUEUE, expires=max(every, 5.0))
