@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from mobyt_worker import demo
+from mobyt_worker.sandbox import demo
 
 from .support import ROOT, free_port, wait_for
 

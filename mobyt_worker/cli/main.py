@@ -42,13 +42,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from . import errors
-from .client import MobytClient
-from .config import Settings
-from .fleet import Fleet, quick_client
-from .runtime import Runtime
-from .sms import SendRequest, build_send_request, normalize_recipient, validate_order_id
-from .store import STATES, OrderRecord, parse_sentinel_url
+from .. import errors
+from ..client import MobytClient
+from ..config import Settings
+from ..fleet import Fleet, quick_client
+from ..runtime import Runtime
+from ..sms import SendRequest, build_send_request, normalize_recipient, validate_order_id
+from ..store import STATES, OrderRecord, parse_sentinel_url
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -230,7 +230,7 @@ def _enqueue_arguments(p: argparse.ArgumentParser) -> None:
 def _through_workers(settings: Settings, request: SendRequest, args: argparse.Namespace) -> dict[str, Any]:
     """Enqueue the validated send and wait for the workers' answer. Without one in time the
     message stays queued under its order id: only a retry with that id is safe."""
-    from .producer import send_sms  # noqa: PLC0415 - only these commands need Celery
+    from ..producer import send_sms  # noqa: PLC0415 - only these commands need Celery
 
     oid = request.order_id
     sent = send_sms(_workers(settings), request.recipients, args.message, sender=request.sender,
@@ -311,7 +311,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             client.remove_delayed(order_id)
         return emit(args, {"order_id": order_id, "cancelled": True, "tracked": False},
                     f"cancelled {order_id}" + UNTRACKED.replace("sent", "cancelled"))
-    from .worker import QUEUE  # noqa: PLC0415 - only the commands that enqueue need Celery
+    from ..worker import QUEUE  # noqa: PLC0415 - only the commands that enqueue need Celery
 
     pending = _workers(_settings()).send_task("mobyt.cancel", kwargs={"order_id": order_id}, queue=QUEUE)
     record = _answer(pending, args.timeout, f"cancel of {order_id} is queued but no worker answered "
@@ -407,7 +407,7 @@ def _simulator_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from . import simulator  # only this command needs the fake provider
+    from ..sandbox import provider as simulator  # only this command needs the fake provider
 
     simulator.serve(host=args.host, port=args.port, latency=args.latency, delivery_delay=args.delivery_delay)
     return 0
@@ -449,7 +449,7 @@ QUICK_REDIS: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2,
 def _workers(settings: Settings) -> Celery:
     """The Celery app the workers read, once Redis is known to answer."""
     _check_redis(settings)
-    from .worker import create_app  # noqa: PLC0415 - only the commands that enqueue need Celery
+    from ..worker import create_app  # noqa: PLC0415 - only the commands that enqueue need Celery
 
     return create_app(settings)
 
@@ -631,7 +631,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
         rt.store.allow_resend(order_id)
         logging.getLogger(__name__).warning("order %s: resend accepted by the operator (was %s); a duplicate is "
                                             "possible", order_id, record.state)
-        from .worker import QUEUE  # noqa: PLC0415 - only this command needs Celery
+        from ..worker import QUEUE  # noqa: PLC0415 - only this command needs Celery
 
         kwargs = {**json.loads(record.request), "order_id": order_id}
         reply = rt.producer.send_task("mobyt.send_sms", kwargs=kwargs, queue=QUEUE).get(timeout=args.timeout)
@@ -684,7 +684,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def _demo() -> int:
-    from . import demo  # starts processes; only this command needs it
+    from ..sandbox import demo  # starts processes; only this command needs it
 
     return demo.run()
 

@@ -74,10 +74,10 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
-from . import protocol
-from .config import DEFAULT_PATHS
-from .protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, SendReceipt, Status
-from .sms import GSM_ALPHABET, GSM_EXTENDED, PART_UNITS, SINGLE_SMS_UNITS
+from .. import protocol
+from ..config import DEFAULT_PATHS
+from ..protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, SendReceipt, Status
+from ..sms import GSM_ALPHABET, GSM_EXTENDED, PART_UNITS, SINGLE_SMS_UNITS
 
 log = logging.getLogger(__name__)
 

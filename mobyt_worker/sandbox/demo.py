@@ -55,8 +55,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import requests
 
-from .credits import CreditsWatch
-from .store import OrderStore
+from ..credits import CreditsWatch
+from ..store import OrderStore
 
 PREFIX = "mobytdemo"
 BROKER_PREFIX = f"{PREFIX}:celery:"

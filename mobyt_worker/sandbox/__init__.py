@@ -1,0 +1,1 @@
+"""The fake provider and the demo, used by tests, benchmarks and ``mobyt demo``."""
