@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mobyt_worker.producer import connect, send_sms  # noqa: E402
-from mobyt_worker.sandbox.provider import ProviderSimulator, SimulatorServer  # noqa: E402
+from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer  # noqa: E402
 from mobyt_worker.store import OPEN_STATES, Keys, OrderStore  # noqa: E402
 from mobyt_worker.store import connect as connect_redis  # noqa: E402
 from tests.support import CeleryProcess, RabbitVhost, RedisServer  # noqa: E402
@@ -212,7 +212,7 @@ def redis_restarts(count: int) -> Callable[[Stack, threading.Event], str]:
 def provider_outage(seconds: float) -> Callable[[Stack, threading.Event], str]:
     def fault(stack: Stack, stop: threading.Event) -> str:
         stop.wait(2.0)
-        from mobyt_worker.sandbox.provider import FUNCTIONS
+        from mobyt_worker.sandbox import FUNCTIONS
 
         for function in FUNCTIONS:
             stack.sim.inject_fault(function, "http500", count=100_000)

@@ -407,9 +407,9 @@ def _simulator_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from ..sandbox import provider as simulator  # only this command needs the fake provider
+    from ..sandbox import serve  # only this command needs the fake provider
 
-    simulator.serve(host=args.host, port=args.port, latency=args.latency, delivery_delay=args.delivery_delay)
+    serve(host=args.host, port=args.port, latency=args.latency, delivery_delay=args.delivery_delay)
     return 0
 
 
