@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mobyt_worker.producer import connect, send_sms  # noqa: E402
-from mobyt_worker.simulator import ProviderSimulator, SimulatorServer  # noqa: E402
-from mobyt_worker.keys import Keys
+from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer  # noqa: E402
+from mobyt_worker.keys import Keys  # noqa: E402
 from mobyt_worker.store import OPEN_STATES, OrderStore  # noqa: E402
 from mobyt_worker.connection import connect as connect_redis  # noqa: E402
 from tests.support import CeleryProcess, RabbitVhost, RedisServer  # noqa: E402
@@ -96,7 +96,7 @@ class Stack:
             "MOBYT_SEND_RETRY_MAX": "2", "MOBYT_VISIBILITY_TIMEOUT": "10", "MOBYT_REPLAY_AFTER": "4",
             "MOBYT_INBOX_INTERVAL": "30", "MOBYT_RECONCILE_INTERVAL": "300", "MOBYT_CREDITS_INTERVAL": "300",
             "MOBYT_WORKER_CONCURRENCY": "8",
-            # The simulator answers an unknown order with KO 40 (documented in simulator.py).
+            # The simulator answers an unknown order with KO 40 (documented in sandbox/rules.py).
             "MOBYT_ORDER_UNKNOWN_CODES": "40", "MOBYT_DOUBT_GRACE": "1",
         }
         if broker_url:
@@ -213,7 +213,7 @@ def redis_restarts(count: int) -> Callable[[Stack, threading.Event], str]:
 def provider_outage(seconds: float) -> Callable[[Stack, threading.Event], str]:
     def fault(stack: Stack, stop: threading.Event) -> str:
         stop.wait(2.0)
-        from mobyt_worker.simulator import FUNCTIONS
+        from mobyt_worker.sandbox import FUNCTIONS
 
         for function in FUNCTIONS:
             stack.sim.inject_fault(function, "http500", count=100_000)

@@ -19,7 +19,7 @@ from mobyt_worker import cli
 from mobyt_worker.client import MobytClient
 from mobyt_worker.config import Secret, Settings
 from mobyt_worker.protocol import Status
-from mobyt_worker.simulator import ProviderSimulator, SimulatorServer
+from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer
 from mobyt_worker.sms import build_send_request
 
 from .support import free_port

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from mobyt_worker import demo
+from mobyt_worker.sandbox import demo_env
+from mobyt_worker.sandbox.processes import stop_all
 
 from .support import ROOT, free_port, wait_for
 
@@ -46,7 +47,7 @@ def start_demo(redis_url: str, marker: str, **env: str) -> subprocess.Popen:
 
 
 def demo_db(redis_url: str) -> redis.Redis:
-    url = demo.demo_url(redis_url)
+    url = demo_env.demo_url(redis_url)
     assert url is not None
     return redis.Redis.from_url(url, decode_responses=True)
 
@@ -64,7 +65,7 @@ def test_the_demo_tells_the_whole_story_in_under_a_minute_and_leaves_nothing_beh
     assert proc.returncode == 0, err
     assert elapsed < 60
     for line in [
-        f"redis      {demo.demo_url(redis_url)}: the local Redis, database 15",
+        f"redis      {demo_env.demo_url(redis_url)}: the local Redis, database 15",
         "send_task('mobyt.send_sms'",
         "accepted: order_id",
         "+33612345670  WAIT4DLVR -> DLVRD",
@@ -107,14 +108,15 @@ def test_ctrl_c_mid_story_stops_every_process(redis_url):
 def test_without_a_reachable_redis_it_starts_a_private_redis_server():
     said: list[str] = []
     with tempfile.TemporaryDirectory() as workdir:
-        url, server = demo.choose_redis({"REDIS_URL": f"redis://127.0.0.1:{free_port()}"}, Path(workdir), said.append)
+        environ = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}"}
+        url, server = demo_env.choose_redis(environ, Path(workdir), said.append)
         try:
             assert server is not None and server.alive()
             assert redis.Redis.from_url(url).ping()
             assert url.endswith("/15")
         finally:
             if server is not None:
-                demo.stop_all([server])
+                stop_all([server])
     assert "starting a private redis-server" in said[0]
     assert not server.alive()
 
@@ -132,14 +134,14 @@ def test_without_redis_or_redis_server_it_says_what_is_missing_and_starts_nothin
 
 
 def test_demo_url_uses_database_15_and_never_prints_a_password():
-    assert demo.demo_url("redis://localhost:6379/0") == "redis://localhost:6379/15"
-    assert demo.demo_url("redis://:pw@host:6380?db=2") == "redis://:pw@host:6380/15"
-    assert demo.demo_url("unix:///tmp/redis.sock") is None
+    assert demo_env.demo_url("redis://localhost:6379/0") == "redis://localhost:6379/15"
+    assert demo_env.demo_url("redis://:pw@host:6380?db=2") == "redis://:pw@host:6380/15"
+    assert demo_env.demo_url("unix:///tmp/redis.sock") is None
     said: list[str] = []
     with tempfile.TemporaryDirectory() as workdir:
-        _, server = demo.choose_redis({"REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}"}, Path(workdir),
+        _, server = demo_env.choose_redis({"REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}"}, Path(workdir),
                                       said.append)
         if server is not None:
-            demo.stop_all([server])
+            stop_all([server])
     assert "no Redis answers at redis://127.0.0.1:" in said[0]
     assert not any("hunter2" in s for s in said)

@@ -33,10 +33,16 @@ def imports_of(path: Path, modules: set[str], root: Path = PACKAGE) -> set[str]:
     return {m for m in found if m in modules and m != name}
 
 
+def ancestors(name: str) -> set[str]:
+    """The packages Python imports before ``name`` anyway (``from . import x`` names one)."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
 def graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     paths = {module_name(p, root): p for p in root.rglob("*.py")}
     modules = set(paths)
-    return {name: imports_of(path, modules, root) - {"mobyt_worker"} for name, path in paths.items()}
+    return {name: imports_of(path, modules, root) - ancestors(name) for name, path in paths.items()}
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:

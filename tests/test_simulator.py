@@ -29,7 +29,7 @@ from mobyt_worker import protocol
 from mobyt_worker.config import DEFAULT_PATHS
 from mobyt_worker.errors import ProviderBadResponse, ProviderEmptyResponse, ProviderRejected
 from mobyt_worker.protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, Status
-from mobyt_worker.simulator import ProviderSimulator, RecordedRequest, SimulatorServer
+from mobyt_worker.sandbox import ProviderSimulator, RecordedRequest, SimulatorServer
 
 TZ = ZoneInfo("Europe/Paris")
 LOGIN, PASSWORD = "demo", "Pa55-w0rd-never-seen"
@@ -583,7 +583,7 @@ def test_scheduled_then_removed_orders_stop_pushing(call: Call, sim: ProviderSim
 
 
 def test_failed_push_is_logged_without_the_secret(sim: ProviderSimulator, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="mobyt_worker.simulator")
+    caplog.set_level(logging.WARNING, logger="mobyt_worker.sandbox")
     unused = Receiver()
     url = unused.url
     unused.close()  # nothing listens there any more
@@ -645,7 +645,7 @@ def test_reset_forgets_everything(call: Call, sim: ProviderSimulator) -> None:
 
 def test_password_is_never_recorded_or_logged(call: Call, sim: ProviderSimulator, server: SimulatorServer,
                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    caplog.set_level(logging.DEBUG, logger="mobyt_worker.simulator")
+    caplog.set_level(logging.DEBUG, logger="mobyt_worker.sandbox")
     call("CREDITS", method="GET")
     call("CREDITS", method="POST")
     call("CREDITS", auth=False, login=LOGIN, password=PASSWORD + "x")
@@ -702,7 +702,7 @@ def test_stop_closes_idle_keep_alive_connections(clock: FakeClock) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_prints_credentials_and_stops_on_signal(sig: signal.Signals) -> None:
-    code = "from mobyt_worker.simulator import serve; serve('127.0.0.1', 0, password='demo-pw', latency=0.0)"
+    code = "from mobyt_worker.sandbox import serve; serve('127.0.0.1', 0, password='demo-pw', latency=0.0)"
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True)
     try:

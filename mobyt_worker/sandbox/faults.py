@@ -1,0 +1,60 @@
+"""What one provider request gets back over HTTP, and the faults that can be injected.
+
+``slow`` answers after an extra delay and ``lost_answer`` processes the request then
+drops the connection (the ambiguous case); every other kind answers without
+processing the request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .. import protocol
+
+FAULT_KINDS = frozenset({"http500", "http503", "http408", "http429", "html", "garbage", "empty", "drop", "ko", "slow",
+                         "lost_answer"})
+#: The faults that still let the request be processed.
+PROCESSED = frozenset({"slow", "lost_answer"})
+
+_HTML_500 = b"<html><head><title>500 Internal Server Error</title></head><body><h1>Oops</h1></body></html>"
+_HTML_PAGE = b"<!DOCTYPE html><html><head><title>Maintenance</title></head><body><p>En maintenance</p></body></html>"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the HTTP layer must do for one provider request."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    delay: float = 0.0  # seconds to wait before answering (latency, plus a "slow" fault)
+    drop: bool = False  # close the connection without any answer
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    delay: float
+    code: str
+    message: str
+
+
+def fault_reply(fault: Fault, latency: float) -> Reply:
+    """The faults that answer without processing the request."""
+    if fault.kind in ("http500", "http503"):
+        return Reply(int(fault.kind[4:]), _HTML_500, "text/html; charset=utf-8", latency)
+    if fault.kind == "http408":
+        return Reply(408, b"request timeout\n", delay=latency)
+    if fault.kind == "http429":  # the fault's delay is the Retry-After it announces
+        return Reply(429, b"too many requests\n", delay=latency, headers=(("Retry-After", f"{fault.delay:g}"),))
+    if fault.kind == "html":
+        return Reply(200, _HTML_PAGE, "text/html; charset=utf-8", latency)
+    if fault.kind == "garbage":  # never starts with OK/KO, rarely valid UTF-8
+        return Reply(200, b"\xff\xfe" + os.urandom(30), "application/octet-stream", latency)
+    if fault.kind == "empty":
+        return Reply(200, b"", delay=latency)
+    if fault.kind == "ko":
+        return Reply(200, protocol.encode_ko(fault.code, fault.message).encode(), delay=latency)
+    return Reply(drop=True, delay=latency)  # "drop"
