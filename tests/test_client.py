@@ -645,3 +645,13 @@ def test_a_redirect_is_not_followed():
             client.send_sms(send_request("MOVED1"))
     listener.close()
     assert info.value.code == "HTTP307" and len(heads) == 1 and heads[0].startswith(b"POST /Moby/SENDSMS ")
+
+
+def test_provider_text_that_echoes_the_credentials_is_scrubbed_and_bounded(client, sim):
+    sim.inject_fault("SENDSMS", "ko", code="99", message=f"bad form login={LOGIN}&password={PASSWORD} " + "x" * 400)
+    with pytest.raises(errors.ProviderRejected) as caught:
+        client.send_sms(send_request("ECHO1"))
+    text = str(caught.value)
+    assert caught.value.code == "99" and "bad form" in text
+    assert PASSWORD not in text and LOGIN not in text and PASSWORD not in repr(caught.value.args)
+    assert len(caught.value.message) <= 200
