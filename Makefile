@@ -56,6 +56,7 @@ bench: install-test
 	$(BIN)/python bench/tracking_scale.py
 	$(BIN)/python bench/rate_limit.py
 
-# The soak at full size: every fault scenario, one line each (see README, reliability)
+# The soak at full size: every fault scenario, one line each, then sends under a flaky
+# provider in waves, one line; both run even if the first fails (see README, reliability)
 soak: install-test rabbitmq
-	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/soak.py; status=$$?; $(BIN)/python bench/fault_soak.py && exit $$status

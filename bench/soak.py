@@ -32,7 +32,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mobyt_worker.producer import connect, send_sms  # noqa: E402
+from mobyt_worker.producer import connect, new_order_id, send_sms  # noqa: E402
 from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer  # noqa: E402
 from mobyt_worker.keys import Keys  # noqa: E402
 from mobyt_worker.store import OPEN_STATES, OrderStore  # noqa: E402
@@ -123,9 +123,10 @@ def feed(stack: Stack, size: Size, accepted: list[str], stop: threading.Event) -
     app = connect(stack.broker_url, redis_url=stack.redis_url, replay_after=4)
     for i in range(size.sends):
         due = time.monotonic() + 1 / size.rate
+        order_id = new_order_id()  # a retry keeps it: a failed call may have written the intent already
         for _ in range(20):  # a producer retries while its broker or Redis is away
             try:
-                accepted.append(send_sms(app, [NUMBER], f"soak {i}", sender="ACME").order_id)
+                accepted.append(send_sms(app, [NUMBER], f"soak {i}", sender="ACME", order_id=order_id).order_id)
                 break
             except Exception:  # noqa: BLE001 - not accepted: the caller saw the error
                 time.sleep(0.5)

@@ -71,6 +71,7 @@ class OrderRecord:
     batch_id: str | None
     task_id: str | None
     attempts: int
+    recipient_count: int = 0  # how many the order was sent to: known before the provider accepted it
     doubt: bool = False  # an attempt may have reached the provider: only evidence ends it
     doubt_since: float | None = None  # epoch the doubt began
     ambiguous_at: float | None = None  # epoch of the last attempt that may have reached it
@@ -397,7 +398,8 @@ def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> Or
         accepted_at=opt("accepted_at"), recipients=recipients, polls=int(raw.get("polls") or 0),
         final=raw.get("final") == "1", cancelled=raw.get("cancelled") == "1", credits=opt_int("credits"),
         parts=opt_int("parts"), batch_id=opt("batch_id"), task_id=opt("task_id"),
-        attempts=int(raw.get("attempts") or 0), doubt=raw.get("doubt") == "1",
+        attempts=int(raw.get("attempts") or 0), recipient_count=int(raw.get("recipient_count") or 0),
+        doubt=raw.get("doubt") == "1",
         doubt_since=opt_float("doubt_since"), ambiguous_at=opt_float("ambiguous_at"), request=opt("request"),
         error_code=opt("error_code"), error=opt("error"),
         history=[json.loads(h) for h in history],

@@ -84,6 +84,9 @@ def _show_batch(args: argparse.Namespace, rt: Runtime, batch_id: str) -> int:
         raise errors.OrderNotFound(batch_id)
     states = Counter(r.state for r in records)
     statuses = Counter(s.status or "pending" for r in records for s in r.recipients.values())
+    unaccepted = sum(max(0, r.recipient_count - len(r.recipients)) for r in records)  # no status rows yet
+    if unaccepted:
+        statuses["pending"] += unaccepted
     summary = (f"batch {batch_id}: {len(records)} orders, {sum(statuses.values())} recipients; "
                + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) + "; "
                + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
