@@ -24,6 +24,7 @@ from harness import Stack, worker_env
 from mobyt_worker.client import MobytClient
 from mobyt_worker.config import Settings
 from mobyt_worker.connection import connect
+from mobyt_worker.contract import QUEUE, SEND_SMS
 from mobyt_worker.store import OrderStore
 
 FAULTS = {
@@ -70,7 +71,7 @@ def main() -> int:
             for i in range(per_wave):
                 oid = f"SOAK{wave}X{i}T{int(began.timestamp())}"
                 ids.append(oid)
-                producer.send_task("mobyt.send_sms", queue="mobyt", kwargs={
+                producer.send_task(SEND_SMS, queue=QUEUE, kwargs={
                     "recipients": ["+33612345670"], "message": f"soak {oid}", "sender": "BENCH", "order_id": oid})
             time.sleep(1.0)
         deadline = time.monotonic() + args.timeout

@@ -26,11 +26,11 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mobyt_worker.contract import QUEUE  # noqa: E402
 from tests.support import RedisServer, free_port, wait_for  # noqa: E402  (the tests' own harness)
 
 BIN = Path(sys.executable).parent
 LOGIN, PASSWORD = "demo", "demo-password"  # the simulator's demo account
-QUEUE = "mobyt"
 
 
 def machine() -> str:

@@ -34,6 +34,8 @@ from celery import Celery
 from harness import (QUEUE, Stack, completion_times, cpu_seconds, machine, steady_rate, wait_drained, wait_for,
                      worker_env)
 
+from mobyt_worker.contract import SEND_SMS
+
 
 def enqueue(broker_url: str, task: str, n: int, tag: str, last_digit: int | None = None) -> tuple[list[str], float]:
     """N tasks by name from a bare Celery producer (no result backend: it never waits). The
@@ -87,7 +89,7 @@ def show(label: str, r: dict[str, Any]) -> None:
 
 PHASES = {"noop": ("no-op task (bench.noop)", "bench.noop"),
           "peer": ("peer: plain requests task", "bench.peer_send"),
-          "ours": ("ours: mobyt.send_sms", "mobyt.send_sms")}
+          "ours": (f"ours: {SEND_SMS}", SEND_SMS)}
 
 
 def main() -> int:

@@ -20,6 +20,8 @@ import redis
 from harness import Stack, machine, wait_for, worker_env
 from pipeline_throughput import enqueue
 
+from mobyt_worker.contract import SEND_SMS
+
 
 def observed(times: list[float], start: float, end: float) -> float:
     """Sends per second between ``start`` and ``end``: (n - 1) intervals over their span."""
@@ -47,7 +49,7 @@ def main() -> int:
         server = stack.redis()
         sim = stack.simulator()
         env = worker_env(server.url, sim, MOBYT_SEND_RATE_LIMIT=str(args.cap))
-        enqueue(server.url, "mobyt.send_sms", n, "rate")
+        enqueue(server.url, SEND_SMS, n, "rate")
         for i in range(args.workers):
             stack.worker(env, concurrency=args.concurrency, name=f"rate{i}")
         client = redis.Redis.from_url(server.url)

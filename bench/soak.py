@@ -37,6 +37,7 @@ from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer  # noqa: E40
 from mobyt_worker.keys import Keys  # noqa: E402
 from mobyt_worker.store import OPEN_STATES, OrderStore  # noqa: E402
 from mobyt_worker.connection import connect as connect_redis  # noqa: E402
+from mobyt_worker.contract import SEND_SMS  # noqa: E402
 from tests.support import CeleryProcess, RabbitVhost, RedisServer  # noqa: E402
 
 LOGIN, PASSWORD, NUMBER = "soak", "soak-password", "+33612345670"
@@ -236,7 +237,7 @@ def netns_cut(seconds: float, ns: str, host_if: str) -> Callable[[Stack, threadi
         time.sleep(seconds)
         subprocess.run(["ip", "link", "set", host_if, "up"], check=True)
         stop.wait()
-        inside = [p for p in stack.processes if p.name == "cut"][0].output().count("Task mobyt.send_sms[")
+        inside = [p for p in stack.processes if p.name == "cut"][0].output().count(f"Task {SEND_SMS}[")
         return f"cut={seconds:.0f}s cut_worker_log_lines={inside}"
     return fault
 

@@ -23,6 +23,7 @@ from harness import Stack, machine, rss_mb, thread_count, wait_for, worker_env
 from pipeline_throughput import enqueue
 
 from mobyt_worker.connection import connect
+from mobyt_worker.contract import SEND_SMS
 from mobyt_worker.store import OrderStore
 
 PREFIX = "mobyt"
@@ -110,7 +111,7 @@ def main() -> int:
         worker = stack.worker(env, app="mobyt_worker.worker", name="tracker")
         stack.beat(env)
         followed = 1000
-        enqueue(server.url, "mobyt.send_sms", followed, "track", last_digit=9)  # WAIT4DLVR for 48 h
+        enqueue(server.url, SEND_SMS, followed, "track", last_digit=9)  # WAIT4DLVR for 48 h
         wait_for(lambda: store.due_count() >= args.orders + followed, timeout=120, interval=0.5,
                  what="the followed orders to be accepted")
         time.sleep(3)  # polling under way

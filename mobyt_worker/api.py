@@ -60,7 +60,7 @@ class TokenGate:
         self.runtime = runtime
         self.tokens = [t.reveal().encode("utf-8") for t in runtime.settings.api_tokens]
         self.limit = runtime.settings.api_rate_limit
-        self.prefix = Keys(runtime.settings.key_prefix).api
+        self.keys = Keys(runtime.settings.key_prefix)
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict) -> None:
         if not getattr(resource, "needs_token", False):
@@ -80,7 +80,7 @@ class TokenGate:
     def _count(self, tid: str) -> None:
         now = time.time()
         window = int(now // 60)
-        key = f"{self.prefix}:rate:{tid}:{window}"
+        key = self.keys.api_rate(tid, window)
         with self.runtime.redis.pipeline(transaction=False) as pipe:
             pipe.incr(key)
             pipe.expire(key, 61)
@@ -112,7 +112,7 @@ class Sms:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.prefix = Keys(runtime.settings.key_prefix).api
+        self.keys = Keys(runtime.settings.key_prefix)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req)
@@ -143,7 +143,7 @@ class Sms:
             raise invalid(exc.field, exc.message) from None
         bulk = len(request.recipients) > s.bulk_chunk_size
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        key = f"{self.prefix}:order:{order_id}"
+        key = self.keys.api_order(order_id)
         if not rt.redis.set(key, fingerprint, nx=True, ex=s.order_ttl):
             if rt.redis.get(key) != fingerprint:
                 raise Problem(409, "this order id was already used for a different request",
@@ -183,14 +183,14 @@ class Order:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.prefix = Keys(runtime.settings.key_prefix).api
+        self.keys = Keys(runtime.settings.key_prefix)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, order_id: str) -> None:
         order_id = _order_id(order_id)
         record = self.runtime.store.get_order(order_id)
         if record is not None:
             answer(resp, record.to_dict())
-        elif self.runtime.redis.exists(f"{self.prefix}:order:{order_id}"):  # enqueued, not yet taken
+        elif self.runtime.redis.exists(self.keys.api_order(order_id)):  # enqueued, not yet taken
             answer(resp, {"order_id": order_id, "state": "queued"})
         else:
             raise Problem(404, "no such order", field="order_id")

@@ -31,10 +31,7 @@ from .connection import parse_sentinel_url
 from .contract import QUEUE
 from .credits import CreditsWatch
 from .keys import Keys
-
-IN_DOUBT = "in_doubt"
-#: Orders looked at when counting those in doubt: the newest ones (a send in doubt is recent).
-DOUBT_SCAN = 10_000
+from .store import in_doubt_count
 
 
 def quick_client(s: Settings) -> redis.Redis:
@@ -86,7 +83,7 @@ class Fleet:
 
     def oldest_queued_age(self) -> float:
         head = cast(str | None, self.redis.lindex(self.queue_key, -1))  # LPUSHed: the oldest is last
-        key = f"{self.keys.prefix}:queue:oldest"
+        key = self.keys.queue_oldest
         if head is None:
             self.redis.delete(key)
             return 0.0
@@ -101,13 +98,11 @@ class Fleet:
             return 0.0
         return round(now - float(seen["seen"]), 1)
 
+    def queue_length(self) -> int:
+        return cast(int, self.redis.llen(self.queue_key))
+
     def orders_in_doubt(self) -> int:
-        ids = cast(list[str], self.redis.zrevrange(self.keys.orders, 0, DOUBT_SCAN - 1))
-        with self.redis.pipeline(transaction=False) as pipe:
-            for oid in ids:
-                pipe.hget(self.keys.order(oid), "state")
-            states = pipe.execute()
-        return sum(1 for state in states if state == IN_DOUBT)
+        return in_doubt_count(self.redis, self.keys)
 
     def provider_ok(self) -> dict[str, float]:
         return {k: float(v) for k, v in cast(dict[str, str], self.redis.hgetall(self.keys.provider_ok)).items()}
@@ -139,7 +134,7 @@ class Fleet:
         return {
             "ready": not failed, "failed": failed, "checks": [asdict(c) for c in checks],
             "workers": workers, "beats": beats,
-            "queue_length": self.redis.llen(self.queue_key), "oldest_queued_age": self.oldest_queued_age(),
+            "queue_length": self.queue_length(), "oldest_queued_age": self.oldest_queued_age(),
             "orders_due": self.redis.zcard(self.keys.due), "orders_in_doubt": self.orders_in_doubt(),
             "last_credits_check": history[0]["at"] if history else None,
             "last_inbox_poll_age": _age(ok_at.get("SRNEWMESSAGES"), now),

@@ -26,17 +26,14 @@ from .store import now_iso
 log = logging.getLogger(__name__)
 
 
-def heartbeat_key(prefix: str, kind: str, host: str, pid: int) -> str:
-    return f"{prefix}:heartbeat:{kind}:{host}:{pid}"
-
-
 class Heartbeat:
     def __init__(self, client: redis.Redis, prefix: str, kind: str, *, interval: float,
                  queues: str = "", holds_lock: Callable[[], bool] | None = None) -> None:
         self.redis, self.kind, self.interval = client, kind, interval
-        self.index = Keys(prefix).heartbeats
+        keys = Keys(prefix)
+        self.index = keys.heartbeats
         self.host, self.pid = socket.gethostname(), os.getpid()
-        self.key = heartbeat_key(prefix, kind, self.host, self.pid)
+        self.key = keys.heartbeat(kind, self.host, self.pid)
         self.started = now_iso()
         self.queues = queues
         self.holds_lock = holds_lock

@@ -12,6 +12,7 @@ key                                   type    content
 ``P:intents``                         zset    order_id of a ``queued`` intent, scored by when to replay it
 ``P:orders``                          zset    order_id scored by creation time (recent orders)
 ``P:poll:due``                        zset    order_id scored by when its next status poll is due
+``P:doubt``                           zset    order_id of an ``in_doubt`` order, scored by when its record expires
 ``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
 ``P:events``                          stream  status changes and order events (see README)
 ====================================  ======  ==================================================
@@ -46,8 +47,9 @@ class Keys:
         self.beat_prefix = f"{prefix}:beat:"  # RedBeat appends to it: P:beat:poll-due-orders, P:beat::schedule
         self.beat_lock = f"{prefix}:beat:lock"
         self.heartbeats = f"{prefix}:heartbeats"
+        self.queue_oldest = f"{prefix}:queue:oldest"
         self.provider_ok = f"{prefix}:provider:last_ok"
-        self.api = f"{prefix}:api"
+        self.in_doubt = f"{prefix}:doubt"
 
     def inbox_message(self, message_id: int) -> str:
         return f"{self.inbox_message_prefix}{message_id}"
@@ -66,6 +68,16 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"
+
+    def heartbeat(self, kind: str, host: str, pid: int) -> str:
+        return f"{self.prefix}:heartbeat:{kind}:{host}:{pid}"
+
+    def api_order(self, order_id: str) -> str:
+        """The HTTP API's idempotency key of an enqueued order (its request's fingerprint)."""
+        return f"{self.prefix}:api:order:{order_id}"
+
+    def api_rate(self, token_id: str, window: int) -> str:
+        return f"{self.prefix}:api:rate:{token_id}:{window}"
 
     def order_keys(self, order_id: str) -> list[str]:
         return [self.order(order_id), self.recipients(order_id), self.history(order_id)]

@@ -19,9 +19,13 @@ for histograms (bucket counts not cumulative; rendering adds them up), ``labels`
 sorted JSON object. It has no expiry: counters only grow, as Prometheus expects; delete
 the key to reset them.
 
-Gauges are read at scrape time from what the workers keep anyway: the credit balance
-per type and nation (``P:credits``), the orders waiting for a status poll (``P:poll:due``)
-and the inbound SMS stored (``P:inbox:ids``).
+Gauges are read at scrape time from what the workers keep anyway, each with O(1) Redis
+calls or calls bounded by the number of processes: the credit balance per type and nation
+(``P:credits``), the orders waiting for a status poll (``P:poll:due``), the orders
+``in_doubt`` (``P:doubt``), the sends queued but not yet taken (``P:intents``), the inbound
+SMS stored (``P:inbox:ids``), the last successful provider call (``P:provider:last_ok``)
+and, given a :class:`~mobyt_worker.fleet.Fleet`, the ``mobyt`` queue and the live
+processes (heartbeats).
 
 ============================================  =========  ===================================
 metric                                        type       labels
@@ -35,6 +39,8 @@ metric                                        type       labels
 ``mobyt_status_changes_total``                counter    status, source (poll, push)
 ``mobyt_doubt_checks_total``                  counter    outcome: accepted, absent, unclear
 ``mobyt_orders_in_doubt_total``               counter    -
+``mobyt_resends_total``                       counter    previous (the state an operator's
+                                                         resend lifted: in_doubt, ...)
 ``mobyt_unknown_statuses_total``              counter    status (as the provider wrote it)
 ``mobyt_inbox_messages_total``                counter    source (poll, push, reconcile)
 ``mobyt_provider_requests_total``             counter    function, outcome (ok, rejected,
@@ -43,7 +49,13 @@ metric                                        type       labels
 ``mobyt_intents_replayed_total``               counter    -
 ``mobyt_credits_available``                   gauge      type, nation (empty for abroad)
 ``mobyt_orders_due``                          gauge      -
+``mobyt_in_doubt_orders``                     gauge      -
+``mobyt_intents_pending``                     gauge      -
 ``mobyt_inbox_messages_stored``               gauge      -
+``mobyt_provider_last_ok_age_seconds``        gauge      - (+Inf before any success)
+``mobyt_queue_length``                        gauge      - (with a Fleet)
+``mobyt_queue_oldest_age_seconds``            gauge      - (with a Fleet; sampled, fleet.py)
+``mobyt_processes_alive``                     gauge      kind: worker, beat (with a Fleet)
 ============================================  =========  ===================================
 """
 
@@ -52,6 +64,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -67,7 +80,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from .contract import POLL_INBOX, POLL_STATUS, RECONCILE_INBOX, SEND_SMS
 from .credits import CreditsWatch
 from .errors import InvalidInput, ProviderRejected, RecipientOptedOut
+from .fleet import Fleet
 from .keys import Keys
+from .store import in_doubt_count
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +100,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "status_changes": ("counter", "Per-recipient status changes recorded, by status and source", ("status", "source")),
     "doubt_checks": ("counter", "Reads that asked the provider about a send in doubt, by verdict", ("outcome",)),
     "orders_in_doubt": ("counter", "Orders that became in_doubt (never re-sent automatically)", ()),
+    "resends": ("counter", "Sends an operator allowed again although an earlier attempt may have been billed",
+                ("previous",)),
     "unknown_statuses": ("counter", "Recipient statuses the seed does not list, as written", ("status",)),
     "inbox_messages": ("counter", "Inbound SMS stored for the first time, by source", ("source",)),
     "provider_requests": ("counter", "HTTP requests to the provider, by function and outcome", ("function", "outcome")),
@@ -112,9 +129,11 @@ def _field_of(name: str, part: str, labels: tuple[tuple[str, str], ...]) -> str:
 class Metrics:
     """Counts in memory, flushes to Redis in the background, renders the fleet's totals."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "mobyt", *, flush_interval: float = FLUSH_INTERVAL) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "mobyt", *, flush_interval: float = FLUSH_INTERVAL,
+                 fleet: Fleet | None = None) -> None:
         self.redis = client
         self.prefix = prefix
+        self.fleet = fleet  # the queue and heartbeat gauges; none without it
         self.key = Keys(prefix).metrics
         self.flush_interval = flush_interval
         self._pid = -1
@@ -265,12 +284,35 @@ class _Collector:
         for balance in CreditsWatch(client, prefix).balances():
             credits.add_metric((balance.message_type, balance.nation), balance.available)
         yield credits
+        keys = Keys(prefix)
         with client.pipeline(transaction=False) as pipe:
-            pipe.zcard(Keys(prefix).due)
-            pipe.zcard(Keys(prefix).inbox_ids)
-            due, stored = pipe.execute()
+            pipe.zcard(keys.due)
+            pipe.zcard(keys.inbox_ids)
+            pipe.zcard(keys.intents)
+            pipe.hvals(keys.provider_ok)
+            due, stored, intents, ok_at = pipe.execute()
+        last_ok = max((float(at) for at in ok_at), default=None)
         yield GaugeMetricFamily("mobyt_orders_due", "Orders whose delivery statuses are still followed", value=due)
+        yield GaugeMetricFamily("mobyt_in_doubt_orders", "Orders in_doubt now: an attempt may have been billed, "
+                                "nothing sends them again until an operator decides", value=in_doubt_count(client, keys))
+        yield GaugeMetricFamily("mobyt_intents_pending", "Sends written by a producer and not yet taken by a worker "
+                                "(replayed by mobyt.replay_intents)", value=intents)
         yield GaugeMetricFamily("mobyt_inbox_messages_stored", "Inbound SMS kept in Redis", value=stored)
+        yield GaugeMetricFamily("mobyt_provider_last_ok_age_seconds", "Seconds since the provider last answered a "
+                                "call well (+Inf before any)", value=math.inf if last_ok is None
+                                else max(0.0, time.time() - last_ok))
+        if self.metrics.fleet is not None:
+            yield from _fleet_gauges(self.metrics.fleet)
+
+
+def _fleet_gauges(fleet: Fleet) -> Iterator[Any]:
+    yield GaugeMetricFamily("mobyt_queue_length", "Tasks waiting in the mobyt queue", value=fleet.queue_length())
+    yield GaugeMetricFamily("mobyt_queue_oldest_age_seconds", "Age of the oldest task in the mobyt queue (sampled "
+                            "at each reading; 0 when empty)", value=fleet.oldest_queued_age())
+    alive = GaugeMetricFamily("mobyt_processes_alive", "Workers and beats whose heartbeat is fresh", labels=("kind",))
+    for kind in ("worker", "beat"):
+        alive.add_metric((kind,), len(fleet.heartbeats(kind)))
+    yield alive
 
 
 def _values(labels: str, names: tuple[str, ...]) -> list[str]:

@@ -21,6 +21,7 @@ from .client import MobytClient
 from .config import Settings
 from .connection import connect
 from .credits import CreditsWatch
+from .fleet import Fleet
 from .inbox import InboxStore
 from .intents import Intents
 from .keys import Keys
@@ -102,7 +103,7 @@ class Runtime:
     @cached_property
     def metrics(self) -> Metrics:
         """Counters of this process, flushed to Redis each second; see metrics.py."""
-        return Metrics(self.redis, self.settings.key_prefix)
+        return Metrics(self.redis, self.settings.key_prefix, fleet=Fleet(self.redis, self.settings))
 
     def close(self) -> None:
         if "metrics" in self.__dict__:

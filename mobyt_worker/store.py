@@ -1,6 +1,9 @@
 """The order store: the order record, atomic Lua transitions (``lua/``), the poll due-set,
 the events stream. Key names come from keys.py.
 
+Orders in ``in_doubt`` are indexed in ``P:doubt`` by every transition into or out of that
+state, scored by when the record expires, so counting them (an alert) is O(1).
+
 Multi-key changes run as Lua scripts so that they are atomic and cost one round trip:
 two workers applying the same status see one change and emit one event. Tracking keys
 expire ``order_ttl`` seconds (30 days, like the provider's memory) after their last change.
@@ -165,7 +168,7 @@ class OrderStore:
         scheduled_at = first_poll_at - self.poll_intervals[0] if scheduled else None
         return self._accept(
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.due, self.keys.events,
-                  self.keys.send_lock(order_id)],
+                  self.keys.send_lock(order_id), self.keys.in_doubt],
             args=[order_id, state, json.dumps(_flatten(extra)), json.dumps(list(recipients)), first_poll_at,
                   self.ttl_for(scheduled_at), self.stream_maxlen, at, release_token or ""],
         )
@@ -200,7 +203,8 @@ class OrderStore:
 
     def mark_in_doubt(self, order_id: str, error: Exception | None) -> bool:
         """Still in doubt past MOBYT_DOUBT_LIMIT: never sent again automatically; True on the change."""
-        if not self._set_if_state(order_id, {SENDING, UNSENT}, IN_DOUBT, error, when={"doubt": "1"}):
+        if not self._set_if_state(order_id, {SENDING, UNSENT}, IN_DOUBT, error, when={"doubt": "1"},
+                                  index=(self.keys.in_doubt, time.time() + self.ttl)):
             return False
         self._event({"type": "order", "order_id": order_id, "state": IN_DOUBT, "at": now_iso()})
         return True
@@ -232,9 +236,12 @@ class OrderStore:
 
     def _set_if_state(self, order_id: str, allowed: set[str], state: str, error: Exception | None, *,
                       when: dict[str, str] | None = None, lock: tuple[str, str] | None = None,
-                      drop: Sequence[str] = (), **more: Any) -> bool:
+                      drop: Sequence[str] = (), index: tuple[str, float] | None = None, **more: Any) -> bool:
         """Change the state if it is in ``allowed`` (and the fields in ``when`` match, and
-        ``lock`` holds its token): one optimistic transaction. True if it changed."""
+        ``lock`` holds its token): one optimistic transaction. True if it changed. ``index``
+        (a zset, a score) gets the order; leaving ``in_doubt`` drops it from ``P:doubt``."""
+        if IN_DOUBT in allowed and state != IN_DOUBT:
+            drop = (*drop, self.keys.in_doubt)
         key = self.keys.order(order_id)
         changed = False
 
@@ -250,6 +257,8 @@ class OrderStore:
                 self._refresh_ttl(pipe, order_id)
                 for zset in drop:
                     pipe.zrem(zset, order_id)
+                if index is not None:
+                    pipe.zadd(index[0], {order_id: index[1]})
 
         self.redis.transaction(update, *([key, lock[0]] if lock else [key]))
         return changed
@@ -269,7 +278,7 @@ class OrderStore:
         ]
         result = self._apply(
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.history(order_id),
-                  self.keys.due, self.keys.events],
+                  self.keys.due, self.keys.events, self.keys.in_doubt],
             args=[order_id, json.dumps(payload), source, now_iso(now), now, self.ttl, self.stream_maxlen,
                   json.dumps(self.poll_intervals)],
         )
@@ -290,6 +299,7 @@ class OrderStore:
             pipe.hset(self.keys.order(order_id), mapping={"state": EXPIRED, "final": 1})
             self._refresh_ttl(pipe, order_id)
             pipe.zrem(self.keys.due, order_id)
+            pipe.zrem(self.keys.in_doubt, order_id)
             pipe.execute()
         self._event({"type": "order", "order_id": order_id, "state": EXPIRED, "at": now_iso()})
 
@@ -304,6 +314,7 @@ class OrderStore:
                       mapping={"state": CANCELLED, "cancelled": 1, "final": 1, "cancelled_at": now_iso()})
             self._refresh_ttl(pipe, order_id)
             pipe.zrem(self.keys.due, order_id)
+            pipe.zrem(self.keys.in_doubt, order_id)
             pipe.execute()
         self._event({"type": "order", "order_id": order_id, "state": CANCELLED, "at": now_iso()})
 
@@ -365,9 +376,22 @@ class OrderStore:
     def due_count(self) -> int:
         return self.redis.zcard(self.keys.due)
 
+    def in_doubt_count(self) -> int:
+        """Orders ``in_doubt`` now: O(1), past the entries whose record expired (dropped here)."""
+        return in_doubt_count(self.redis, self.keys)
+
     def _event(self, fields: dict[str, Any]) -> None:
         self.redis.xadd(self.keys.events, {k: "" if v is None else v for k, v in fields.items()},
                         maxlen=self.stream_maxlen, approximate=True)
+
+
+def in_doubt_count(client: redis.Redis, keys: Keys) -> int:
+    """``P:doubt``'s size once the entries of records that expired are dropped; for readers
+    that build no store (metrics, fleet)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(keys.in_doubt, "-inf", time.time())
+        pipe.zcard(keys.in_doubt)
+        return int(pipe.execute()[1])
 
 
 def _error_fields(error: Exception) -> dict[str, str]:

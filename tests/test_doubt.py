@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from mobyt_worker.connection import connect
+from mobyt_worker.metrics import Metrics
 from mobyt_worker.store import OrderStore
 
 from .producer import bare_client, call
@@ -148,6 +149,7 @@ def test_resend_is_the_operators_explicit_way_out_of_in_doubt(redis_url, worker_
                                    lock_seconds=5)
     store.release_send("STUCK1", token)  # an attempt that may have reached the provider
     store.mark_in_doubt("STUCK1", ProviderTimeout("no answer"))
+    assert store.in_doubt_count() == 1
     assert cli.main(["orders", "--status", "in_doubt", "--json"]) == 0
     assert [o["order_id"] for o in json.loads(capsys.readouterr().out)] == ["STUCK1"]
     assert cli.main(["resend", "STUCK1"]) == 2  # the flag is required: no resend by accident
@@ -157,6 +159,9 @@ def test_resend_is_the_operators_explicit_way_out_of_in_doubt(redis_url, worker_
     assert simulator.billed_sends("STUCK1") == 1 and simulator.requests("SENDSMS")[0].params["message"] == "again"
     raw = store.redis.hgetall(store.keys.order("STUCK1"))
     assert raw["resends"] == "1" and raw["state"] in ("accepted", "completed")
+    assert store.in_doubt_count() == 0
+    resends = Metrics(store.redis, store.keys.prefix).read()["resends"]
+    assert resends == {("", json.dumps({"previous": "in_doubt"}, separators=(",", ":"))): 1.0}
     events = [e for _, e in store.redis.xrange(store.keys.events) if e["order_id"] == "STUCK1"]
     assert [e["state"] for e in events if e["type"] == "order"][:3] == ["in_doubt", "resend", "accepted"]
     assert cli.main(["resend", "STUCK1", "--i-accept-a-possible-duplicate"]) == 1  # settled: refused

@@ -3,8 +3,13 @@ GET /metrics; first on their own, then after real sends through a real worker an
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import threading
+import time
 from socketserver import ThreadingMixIn
+from pathlib import Path
 from typing import Any, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -17,14 +22,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from mobyt_worker.config import Settings
 from mobyt_worker.credits import CreditsWatch
 from mobyt_worker.errors import InvalidInput, ProviderRejected, ProviderTimeout, RecipientOptedOut
+from mobyt_worker.fleet import Fleet
+from mobyt_worker.heartbeat import Heartbeat
 from mobyt_worker.metrics import Metrics
 from mobyt_worker.protocol import CreditRow
 from mobyt_worker.runtime import Runtime
+from mobyt_worker.store import OrderStore
 from mobyt_worker.web import create_app
 
 from .producer import bare_client, call
 from .support import wait_for
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 TOKEN = "metrics-test-token"
 DLVRD, ERROR = "+33612345670", "+33612345676"
 
@@ -85,6 +94,56 @@ def test_gauges_are_read_from_what_the_workers_keep(client):
     assert value(page, "mobyt_credits_available", type="EE", nation="") == 7
     assert value(page, "mobyt_orders_due") == 2
     assert value(page, "mobyt_inbox_messages_stored") == 0
+
+
+def test_alert_gauges_show_the_queue_doubt_intents_fleet_and_provider(client):
+    settings = Settings(broker_key_prefix="b:", heartbeat_interval=30)
+    store = OrderStore(client, "mobyt")
+    for oid in ("D1", "D2"):
+        _, _, token = store.claim_send(oid, {"message_type": "N"}, lock_seconds=5)
+        store.release_send(oid, token)
+        store.mark_in_doubt(oid, ProviderTimeout("no answer"))
+    store.mark_failed("D2", ProviderRejected("absent", "0"), allowed=("in_doubt",))
+    client.zadd("mobyt:intents", {"q1": 1, "q2": 2, "q3": 3})
+    client.lpush("b:mobyt", json.dumps({"properties": {"delivery_tag": "t1"}}), "{}")
+    Heartbeat(client, "mobyt", "worker", interval=30, queues="mobyt").beat()
+    Heartbeat(client, "mobyt", "beat", interval=30, holds_lock=lambda: True).beat()
+    metrics = Metrics(client, "mobyt", fleet=Fleet(client, settings))
+
+    page = samples(metrics.render().decode())
+    assert value(page, "mobyt_in_doubt_orders") == 1
+    assert value(page, "mobyt_intents_pending") == 3
+    assert value(page, "mobyt_queue_length") == 2
+    assert value(page, "mobyt_queue_oldest_age_seconds") == 0  # first seen at this scrape
+    assert value(page, "mobyt_processes_alive", kind="worker") == 1
+    assert value(page, "mobyt_processes_alive", kind="beat") == 1
+    assert value(page, "mobyt_provider_last_ok_age_seconds") == math.inf  # never answered well
+
+    client.hset("mobyt:queue:oldest", "seen", time.time() - 90)  # the same head, seen 90 s ago
+    client.hset("mobyt:provider:last_ok", mapping={"SENDSMS": time.time() - 40, "SMSSTATUS": time.time() - 400})
+    page = samples(metrics.render().decode())
+    assert 90 <= value(page, "mobyt_queue_oldest_age_seconds") < 100
+    assert 40 <= value(page, "mobyt_provider_last_ok_age_seconds") < 50  # the latest call of any function
+
+
+def test_duplicate_risk_counters_count_in_doubt_orders_and_operator_resends(client):
+    metrics = Metrics(client, "mobyt", flush_interval=60)
+    metrics.inc("orders_in_doubt")
+    metrics.inc("resends", previous="in_doubt")
+    metrics.inc("resends", previous="in_doubt")
+    metrics.flush()
+    page = samples(Metrics(client, "mobyt").render().decode())  # a scrape without a Fleet: no queue gauges
+    assert value(page, "mobyt_orders_in_doubt_total") == 1
+    assert value(page, "mobyt_resends_total", previous="in_doubt") == 2
+    assert value(page, "mobyt_queue_length") is None
+
+
+def test_every_metric_the_readme_alerts_name_is_rendered(client):
+    alerts = README.read_text(encoding="utf-8").split("**Alerts to set**", 1)[1].split("\n- **", 1)[0]
+    named = set(re.findall(r"\b(mobyt_[a-z_]+?)(?:_total)?\b", alerts))
+    metrics = Metrics(client, "mobyt", fleet=Fleet(client, Settings()))
+    rendered = {family.name for family in text_string_to_metric_families(metrics.render().decode())}
+    assert len(named) >= 9 and named <= rendered, named - rendered
 
 
 def test_a_failed_flush_keeps_the_counts_for_the_next_one(client):
@@ -163,4 +222,8 @@ def test_after_real_sends_get_metrics_shows_sends_latency_polls_statuses_and_cre
     assert value(page, "mobyt_credits_available", type="N", nation="FR") == simulator.credits()[("N", "FR")]
     assert value(page, "mobyt_inbox_messages_total", source="push") == 1
     assert value(page, "mobyt_orders_due") == 0
+    assert value(page, "mobyt_processes_alive", kind="worker") == 1
+    assert value(page, "mobyt_processes_alive", kind="beat") == 1
+    assert value(page, "mobyt_queue_length") == 0 and value(page, "mobyt_in_doubt_orders") == 0
+    assert 0 <= value(page, "mobyt_provider_last_ok_age_seconds") < 20
     assert order_id not in requests.get(f"{web}/metrics", timeout=5).text  # no per-order series

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -215,3 +216,30 @@ def test_a_recorded_batch_ends_its_intent_but_never_a_real_order(store):
     accept(store, "BULK2")  # an order sent under the same id earlier keeps its record
     store.record_batch("BULK2", ["C2"])
     assert store.require_order("BULK2").state == "accepted"
+
+
+def in_doubt(store: OrderStore, oid: str) -> None:
+    _, _, token = store.claim_send(oid, {"message_type": "N"}, lock_seconds=5)
+    store.release_send(oid, token)  # the attempt may have reached the provider
+    assert store.mark_in_doubt(oid, ProviderConnectError("no answer"))
+
+
+def test_every_way_out_of_in_doubt_leaves_the_in_doubt_index(store):
+    for oid in ("ACC", "FAIL", "RESEND", "PUSH", "CANCEL", "EXPIRE", "STAYS"):
+        in_doubt(store, oid)
+    assert store.in_doubt_count() == 7
+    assert store.mark_in_doubt("STAYS", None) is False and store.in_doubt_count() == 7  # counted once
+    assert 3590 < store.redis.zscore(store.keys.in_doubt, "STAYS") - time.time() <= 3600  # when the record expires
+
+    store.mark_accepted("ACC", scheduled=False, recipients=[A], first_poll_at=0)  # evidence: it was accepted
+    store.mark_failed("FAIL", ProviderRejected("absent", "0"), allowed=("in_doubt",))  # evidence: never sent
+    assert store.allow_resend("RESEND").state == "unsent"  # an operator's decision
+    store.apply_statuses("PUSH", [RecipientStatus(A, Status.DLVRD, None)], source="push")  # a push settles it
+    store.mark_cancelled("CANCEL")
+    store.expire_order("EXPIRE")
+    assert store.get_order("PUSH").state == "completed"
+    assert store.redis.zrange(store.keys.in_doubt, 0, -1) == ["STAYS"]
+    assert store.in_doubt_count() == 1
+
+    store.redis.zadd(store.keys.in_doubt, {"GONE": time.time() - 1})  # its record expired meanwhile
+    assert store.in_doubt_count() == 1 and store.redis.zscore(store.keys.in_doubt, "GONE") is None

@@ -62,7 +62,8 @@ def resend_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_resend(args: argparse.Namespace) -> int:
     """The operator's way out of ``in_doubt``: lift the doubt by decision (tracked: an event
-    ``state=resend``, a WARNING, ``resends`` on the record) and send through the workers."""
+    ``state=resend``, a WARNING, ``resends`` on the record, ``mobyt_resends_total``) and send
+    through the workers."""
     order_id = checked_order_id(args.order_id)
     rt = open_runtime()
     try:
@@ -70,6 +71,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
         if not record.request:
             raise errors.OrderNotResendable(order_id, "its request was not recorded")
         rt.store.allow_resend(order_id)
+        rt.metrics.inc("resends", previous=record.state)  # flushed by rt.close()
         logging.getLogger(__name__).warning("order %s: resend accepted by the operator (was %s); a duplicate is "
                                             "possible", order_id, record.state)
         from ..contract import QUEUE, SEND_SMS  # noqa: PLC0415 - only this command needs Celery
