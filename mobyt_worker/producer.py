@@ -22,6 +22,7 @@ The same call with Celery alone (no intent: a message lost by the broker is lost
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -30,13 +31,17 @@ from functools import cache
 from typing import Any, Sequence
 from zoneinfo import ZoneInfo
 
+import redis
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
 
 from . import broker, sms
 from .connection import connect as connect_redis
 from .contract import QUEUE, SEND_SMS
 from .intents import Intents
+
+log = logging.getLogger(__name__)
 
 #: Defaults of the workers' MOBYT_ORDER_TTL and MOBYT_REPLAY_AFTER.
 ORDER_TTL = 30 * 24 * 3600
@@ -126,8 +131,8 @@ def send_sms(
     if message_type is not None:
         sms.validate_message_type(message_type)
     sms.build_send_request(  # 'L' needs no sender: the workers may fill in their default
-        recipients=recipients if isinstance(recipients, str) else list(recipients), message=message, message_type="L" if sender is None else message_type or "L",
-        sender=sender,
+        recipients=recipients if isinstance(recipients, str) else list(recipients), message=message,
+        message_type="L" if sender is None else message_type or "L", sender=sender,
         scheduled_at=scheduled_at, order_id=order_id, return_credits=return_credits, country=country,
         tz=ZoneInfo("Europe/Paris"), now=datetime.now(timezone.utc),
     )
@@ -143,5 +148,13 @@ def send_sms(
     task_id = f"send-{order_id}"
     intents = app.intents if isinstance(app, Producer) else _intents_at(str(app.conf.broker_url or ""))
     intents.record(order_id, task_id, kwargs)
-    result = app.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE, task_id=task_id)
+    try:
+        result = app.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE, task_id=task_id)
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        # The intent is written: the workers' replay job publishes this very task (same id)
+        # within MOBYT_REPLAY_AFTER. Raising would invite a retry under a new order id,
+        # which would be a second send.
+        log.warning("order %s: recorded, but publishing failed (%s); the replay job will publish it",
+                    order_id, type(exc).__name__)
+        result = app.AsyncResult(task_id)
     return Enqueued(order_id=order_id, result=result)

@@ -6,6 +6,8 @@ import redis
 
 from mobyt_worker.producer import connect, send_sms
 
+from .support import wait_for
+
 NUMBERS = "+33612345671,+33698765432"
 
 
@@ -31,3 +33,15 @@ def test_the_broker_key_prefix_of_the_environment_is_honoured(start_process, sim
     assert sent.result.get(timeout=20)["status"] == "accepted"
     keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("*")}
     assert f"acme:celery-task-meta-send-{sent.order_id}" in keys and "mobyt" not in keys
+
+
+def test_a_send_whose_publish_fails_after_its_intent_is_written_is_still_sent_once(
+        start_process, simulator, redis_url, runtime):
+    app = connect("redis://127.0.0.1:1/0", redis_url=redis_url, replay_after=1)  # a broker nobody listens on
+    sent = send_sms(app, "+33612345671", "hi", sender="ACME")  # no error: the order is recorded
+    assert runtime.store.get_order(sent.order_id).state == "queued"
+    start_process("worker", env={"MOBYT_REPLAY_AFTER": "1"})
+    start_process("beat", env={"MOBYT_REPLAY_AFTER": "1"})
+    wait_for(lambda: runtime.store.get_order(sent.order_id).state in ("accepted", "completed"), timeout=30,
+             what="the replayed send accepted")
+    assert simulator.billed_sends(sent.order_id) == 1
