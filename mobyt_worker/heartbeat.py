@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
+import platform
 import threading
 import time
 from typing import Callable
@@ -32,7 +32,7 @@ class Heartbeat:
         self.redis, self.kind, self.interval = client, kind, interval
         keys = Keys(prefix)
         self.index = keys.heartbeats
-        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.host, self.pid = platform.node(), os.getpid()
         self.key = keys.heartbeat(kind, self.host, self.pid)
         self.started = now_iso()
         self.queues = queues
