@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 from wsgiref.simple_server import make_server
@@ -37,6 +39,19 @@ def serve(rt: Runtime) -> Any:
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     server.url = f"http://127.0.0.1:{server.server_port}"  # type: ignore[attr-defined]
     return server
+
+
+@contextmanager
+def served(env: dict[str, str]) -> Iterator[tuple[str, Runtime]]:
+    """The API on its own runtime, for settings other than the ``api`` fixture's."""
+    rt = Runtime(Settings.from_env(env))
+    server = serve(rt)
+    try:
+        yield server.url, rt
+    finally:
+        server.shutdown()
+        server.server_close()
+        rt.close()
 
 
 @pytest.fixture
@@ -84,6 +99,108 @@ def test_send_end_to_end_request_worker_simulator_completed(api, api_rt, start_p
     record = wait_for(completed, timeout=40, what="order completed")
     assert record["recipients"][NUMBER]["status"] == "DLVRD"
     assert [r.params["order_id"] for r in simulator.requests("SENDSMS")] == [order_id]
+
+
+def get(api: str, path: str, token: str = TOKEN, **params: Any) -> requests.Response:
+    return requests.get(f"{api}{path}", params=params, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def test_scheduled_order_read_then_cancelled_once_credits_back(api, api_rt, start_process, simulator):
+    """A send scheduled an hour ahead: read back (only with a valid token), cancelled at the
+    provider once, its credits returned; a second cancel answers the same without a request."""
+    start_process("worker")
+    before = simulator.stats()["credits"]
+    when = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    answer = send(api, {"recipients": [NUMBER], "message": "later", "scheduled_at": when})
+    assert answer.status_code == 202, answer.text
+    order_id = answer.json()["order_id"]
+    wait_for(lambda: get(api, f"/v1/orders/{order_id}").json().get("state") == "scheduled", timeout=15,
+             what="order scheduled")
+    assert simulator.billed_sends(order_id) == 1 and simulator.stats()["credits"] != before
+
+    denied = get(api, f"/v1/orders/{order_id}", token=TOKEN + "x")
+    assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
+    assert order_id not in denied.text and NUMBER not in denied.text
+    read = get(api, f"/v1/orders/{order_id}")
+    assert read.status_code == 200
+    assert read.json() == api_rt.store.get_order(order_id).to_dict()
+    assert read.json()["state"] == "scheduled" and list(read.json()["recipients"]) == [NUMBER]
+    assert datetime.fromisoformat(read.json()["scheduled_at"]) == datetime.fromisoformat(when)
+    refused = requests.post(f"{api}/v1/orders/{order_id}/cancel", headers={"Authorization": "Bearer nope"}, timeout=5)
+    assert refused.status_code == 401 and simulator.count("REMOVE_DELAYED") == 0
+
+    for _ in range(2):
+        cancelled = requests.post(f"{api}/v1/orders/{order_id}/cancel", headers=AUTH, timeout=20)
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["order_id"] == order_id and cancelled.json()["state"] == "cancelled"
+        assert cancelled.json()["cancelled"] is True
+        assert simulator.count("REMOVE_DELAYED") == 1
+    assert [r.params["order_id"] for r in simulator.requests("REMOVE_DELAYED")] == [order_id]
+    assert api_rt.store.get_order(order_id).state == "cancelled"
+    assert simulator.stats()["credits"] == before
+    assert simulator.billed_sends(order_id) == 1
+
+
+def test_bulk_send_read_back_as_one_batch_of_orders_billed_once(api_env, start_process, simulator):
+    start_process("worker", env={"MOBYT_BULK_CHUNK_SIZE": "1"})
+    start_process("beat")
+    numbers = [NUMBER[:-1] + d for d in "147"]  # delivered, per the simulator's last digit
+    with served({**api_env, "MOBYT_BULK_CHUNK_SIZE": "1"}) as (url, rt):
+        answer = send(url, {"recipients": numbers, "message": "bulk"})
+        assert answer.status_code == 202, answer.text
+        batch_id = answer.json()["order_id"]
+        assert answer.json()["links"]["batch"] == f"/v1/batches/{batch_id}"
+
+        def all_final() -> dict[str, Any] | None:
+            got = get(url, f"/v1/batches/{batch_id}")
+            body = got.json() if got.status_code == 200 else {}
+            done = len(body.get("orders", [])) == 3 and all(o["final"] for o in body["orders"])
+            return body if done else None
+
+        batch = wait_for(all_final, timeout=40, what="batch of 3 final orders")
+        assert batch["batch_id"] == batch_id
+        orders = batch["orders"]
+        assert [o["order_id"] for o in orders] == rt.store.batch_orders(batch_id)
+        assert {o["batch_id"] for o in orders} == {batch_id}
+        assert sorted(n for o in orders for n in o["recipients"]) == sorted(numbers)
+        assert all(len(o["recipients"]) == 1 for o in orders)
+    assert sorted(r.params["order_id"] for r in simulator.requests("SENDSMS")) == sorted(o["order_id"] for o in orders)
+    assert all(simulator.billed_sends(o["order_id"]) == 1 for o in orders)
+    assert simulator.billed_sends(batch_id) == 0
+
+
+def test_inbound_read_oldest_first_then_nothing_after_the_cursor(api, api_rt, start_process, simulator):
+    texts = ["first", "second", "third"]
+    start = datetime.now(timezone.utc) - timedelta(minutes=5)
+    ids = [simulator.add_inbound(f"+3361111111{i}", text, received_at=start + timedelta(seconds=i))
+           for i, text in enumerate(texts)]
+    start_process("worker")
+    start_process("beat")
+    page = wait_for(lambda: len((b := get(api, "/v1/inbound", after=0).json())["messages"]) == 3 and b,
+                    timeout=15, what="3 inbound messages through the API")
+    assert [m["id"] for m in page["messages"]] == ids == sorted(ids)
+    assert [m["text"] for m in page["messages"]] == texts
+    assert [m["sender"] for m in page["messages"]] == [f"+3361111111{i}" for i in range(3)]
+    assert page["next_after"] == ids[-1]
+    assert page["messages"][0] == api_rt.inbox.get(ids[0])
+    assert simulator.count("SRNEWMESSAGES") >= 1
+    rest = get(api, "/v1/inbound", after=page["next_after"])
+    assert rest.status_code == 200 and rest.json() == {"messages": [], "next_after": ids[-1]}
+    tail = get(api, "/v1/inbound", after=ids[0], limit=1).json()
+    assert [m["text"] for m in tail["messages"]] == ["second"] and tail["next_after"] == ids[1]
+
+
+def test_credits_read_back_equal_the_providers_balances(api, api_rt, start_process, simulator):
+    start_process("worker")
+    start_process("beat")
+    wait_for(lambda: get(api, "/v1/credits").json()["checked_at"], timeout=15, what="a credits check")
+    answer = get(api, "/v1/credits")
+    assert answer.status_code == 200
+    balances = {f"{b['message_type']}|{b['nation']}": b["available"] for b in answer.json()["balances"]}
+    assert balances == simulator.stats()["credits"]
+    assert answer.json()["checked_at"] == api_rt.credits.history(1)[0]["at"]
+    assert simulator.count("CREDITS") >= 1
+    assert get(api, "/v1/credits", token=OTHER + "x").status_code == 401
 
 
 def test_bad_token_bad_field_and_nothing_enqueued(api, api_rt):
@@ -150,18 +267,13 @@ def test_reads_and_their_errors(api, api_rt):
 
 
 def test_rate_limit_per_token_answers_429_with_retry_after(api_env):
-    rt = Runtime(Settings.from_env({**api_env, "MOBYT_API_RATE_LIMIT": "3"}))
-    server = serve(rt)
-    try:
-        codes = [requests.get(f"{server.url}/v1/credits", headers=AUTH, timeout=5) for _ in range(4)]
+    with served({**api_env, "MOBYT_API_RATE_LIMIT": "3"}) as (url, _):
+        codes = [requests.get(f"{url}/v1/credits", headers=AUTH, timeout=5) for _ in range(4)]
         assert [c.status_code for c in codes[:3]] == [200, 200, 200] or codes[0].status_code == 429
         limited = next(c for c in codes if c.status_code == 429)
         assert limited.json()["error"] == "rate_limited" and 1 <= int(limited.headers["Retry-After"]) <= 60
-        other = requests.get(f"{server.url}/v1/credits", headers={"Authorization": f"Bearer {OTHER}"}, timeout=5)
+        other = requests.get(f"{url}/v1/credits", headers={"Authorization": f"Bearer {OTHER}"}, timeout=5)
         assert other.status_code == 200
-    finally:
-        server.shutdown()
-        rt.close()
 
 
 def test_raw_queue_message_from_a_bare_redis_client_is_sent(api_rt, start_process, redis_url):
