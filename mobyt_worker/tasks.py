@@ -133,6 +133,13 @@ def _lock_seconds(rt: Runtime) -> float:
     return s.connect_timeout + s.read_timeout + 5
 
 
+def _look_again_at(rt: Runtime, countdown: float = 0.0) -> float:
+    """When the poller should look at an order whose next attempt starts in ``countdown``
+    seconds, if nothing settled it by then: that attempt's lock has run out and the grace
+    for a request still queued at the provider is over."""
+    return time.time() + countdown + _lock_seconds(rt) + rt.settings.doubt_grace
+
+
 def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_id: str | None) -> dict[str, Any]:
     rt = task.runtime
     store, s = rt.store, rt.settings
@@ -150,7 +157,7 @@ def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_i
             raise task.retry(countdown=wait, max_retries=None)
     # STOP is honoured before any HTTP call: the claim checks the opt-outs in its round trip.
     claim = functools.partial(store.claim_send, order_id, meta, lock_seconds=_lock_seconds(rt),
-                              due_at=time.time() + _lock_seconds(rt) + s.doubt_grace,
+                              due_at=_look_again_at(rt),
                               scheduled_epoch=request.scheduled_at.timestamp() if request.scheduled_at else None)
     verdict, state, token = claim(optout_key=rt.optouts.key, recipients=request.recipients)
     if verdict == "optout":
@@ -188,7 +195,7 @@ def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
     except NotReplicated as exc:
         countdown = _backoff(task.request.retries, s.send_retry_max)
         store.mark_unsent(order_id, exc, token)
-        store.defer(order_id, time.time() + countdown + _lock_seconds(rt) + s.doubt_grace)
+        store.defer(order_id, _look_again_at(rt, countdown))
         log.warning("order %s: not sent, the claim is not on the replicas (%s); retry %d", order_id, exc,
                     task.request.retries + 1)
         raise task.retry(exc=exc, countdown=countdown)
@@ -227,7 +234,7 @@ def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, 
         return _send_result(rt, order_id, request, IN_DOUBT)
     countdown = max(_backoff(task.request.retries, rt.settings.send_retry_max),
                     evidence.ask_after - time.time())
-    _still_in_doubt(rt, record, evidence, next_check=time.time() + countdown + _lock_seconds(rt) + rt.settings.doubt_grace)
+    _still_in_doubt(rt, record, evidence, next_check=_look_again_at(rt, countdown))
     if task.request.retries >= SEND_MAX_RETRIES:  # the due-set poller keeps asking
         return _send_result(rt, order_id, request, store.require_order(order_id).state)
     log.warning("order %s: still in doubt (%s), asking again in %.1fs", order_id,
@@ -267,7 +274,7 @@ def _attempt(task: MobytTask, request: sms.SendRequest, order_id: str, lock_toke
         raise
     except ProviderUnavailable as exc:
         countdown = max(_backoff(task.request.retries, s.send_retry_max), getattr(exc, "retry_after", None) or 0.0)
-        next_check = time.time() + countdown + _lock_seconds(rt) + s.doubt_grace
+        next_check = _look_again_at(rt, countdown)
         if exc.ambiguous:  # stays in doubt: the next try, or the poller, asks for evidence first
             store.note_ambiguous(order_id, exc, next_check)
         else:
