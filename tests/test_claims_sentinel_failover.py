@@ -21,10 +21,14 @@ import redis
 import requests
 from celery import Celery
 
+from mobyt_worker import kombu_fix
 from mobyt_worker.connection import connect
 from mobyt_worker.store import OrderStore
 
 from .support import ROOT, RedisServer, free_port, wait_for
+from .test_kombu_fix import channel_closed_after_its_connection, unpatched_close_fails_with
+
+pytestmark = pytest.mark.integration  # every test here runs redis-servers and sentinels
 
 MASTER = "mobytmaster"
 NUMBER = "+33612345670"
@@ -219,6 +223,21 @@ def test_beat_keeps_ticking_after_the_master_dies(cluster, simulator, start_proc
     credits = simulator.count("CREDITS")
     wait_for(lambda: simulator.count("CREDITS") >= credits + 3, timeout=30, what="check-credits runs after")
     assert beat.proc.poll() is None
+
+
+def test_a_sentinel_channel_closed_after_its_connection_puts_its_message_back(cluster):
+    """The worker's connection to a master that died closes before its channel; the channel
+    finds the master through the sentinels it was opened with and restores what it held."""
+    kombu_fix.apply()
+    channel_closed_after_its_connection(cluster.url, {"master_name": MASTER})
+    assert redis.Redis(port=cluster.master.port).llen("restore-me") == 1
+
+
+def test_without_the_fix_a_sentinel_channel_raises_on_that_close(cluster):
+    """What stopped a worker during a failover: kombu reads the master's address (its
+    parameters, then the sentinels: ``... no attribute 'alt'``) from a closed connection."""
+    stderr = unpatched_close_fails_with(cluster.url, {"master_name": MASTER})
+    assert "AttributeError: 'NoneType' object has no attribute" in stderr
 
 
 def test_a_beat_that_lost_its_lock_ticks_only_once_it_holds_it_again(simulator, start_process, runtime):
