@@ -220,8 +220,7 @@ def provider_outage(seconds: float) -> Callable[[Stack, threading.Event], str]:
         for function in FUNCTIONS:
             stack.sim.inject_fault(function, "http500", count=100_000)
         time.sleep(seconds)
-        with stack.sim._lock:  # the outage ends: the simulator answers again
-            stack.sim._faults.clear()
+        stack.sim.clear_faults()  # the outage ends: the simulator answers again
         stop.wait()
         return f"outage={seconds:.0f}s"
     return fault

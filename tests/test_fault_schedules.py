@@ -130,7 +130,6 @@ def test_a_cancel_under_faults_says_cancelled_only_if_the_provider_removed_the_o
     else:
         assert record.state == "scheduled", (record.state, schedule)
         assert store.redis.zscore(store.keys.due, order_id) is not None, schedule
-        with simulator._lock:  # whatever fault was not consumed is gone: the provider answers
-            simulator._faults.clear()
+        simulator.clear_faults()  # whatever fault was not consumed is gone: the provider answers
         assert call(procs["client"], "mobyt.cancel", order_id=order_id).get(timeout=30)["state"] == "cancelled"
         assert simulator.stats()["orders"] == 0 and simulator.billed_sends(order_id) == 1, schedule

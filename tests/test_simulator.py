@@ -719,3 +719,11 @@ def test_serve_prints_credentials_and_stops_on_signal(sig: signal.Signals) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cleared_faults_are_never_served(call: Call, sim: ProviderSimulator) -> None:
+    sim.inject_fault("SENDSMS", "http500", count=5)
+    assert _attempt_send(call, "C1").status_code == 500
+    sim.clear_faults()
+    assert _attempt_send(call, "C2").status_code == 200
+    assert sim.billed_sends() == 1

@@ -174,6 +174,11 @@ class ProviderSimulator:
         with self._lock:
             self._faults.setdefault(function, deque()).extend([fault] * count)
 
+    def clear_faults(self) -> None:
+        """Drop every fault not yet consumed: the provider answers normally again."""
+        with self._lock:
+            self._faults.clear()
+
     def set_latency(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError("latency must be >= 0")
