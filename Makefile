@@ -41,8 +41,10 @@ rabbitmq:
 demo: install redis-server
 	$(BIN)/mobyt demo
 
+# Three test processes, a test file each at a time: most integration tests wait on
+# workers and the simulator, so they share two CPUs well.
 test: install-test rabbitmq
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile
 
 # Store, inbox, opt-outs, credits, rate limit, metrics... on fakeredis; a connection to any
 # Redis server fails the test (tests/conftest.py). The integration tier runs in `make test`.
