@@ -56,6 +56,15 @@ class Producer(Celery):
         super().__init__(*args, **kwargs)
         self._intents = intents
 
+    def _get_backend(self) -> Any:
+        """Celery's Redis result backend subscribes to a task's result as the task is sent,
+        whether or not anyone waits for it: a round trip per send, and with the result
+        store's pubsub gone, a RuntimeError after the intent is written. ``AsyncResult.get``
+        subscribes when it is called, then reads the stored result: that is enough."""
+        backend = super()._get_backend()
+        backend.on_task_call = lambda producer, task_id: None
+        return backend
+
     @property
     def intents(self) -> Intents:
         if self._intents is None:

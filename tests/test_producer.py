@@ -45,3 +45,14 @@ def test_a_send_whose_publish_fails_after_its_intent_is_written_is_still_sent_on
     wait_for(lambda: runtime.store.get_order(sent.order_id).state in ("accepted", "completed"), timeout=30,
              what="the replayed send accepted")
     assert simulator.billed_sends(sent.order_id) == 1
+
+
+def test_a_result_store_that_does_not_answer_does_not_stop_a_send(start_process, simulator, redis_url, runtime):
+    """Results are read only when waited for: a send whose result nobody reads enqueues
+    even while the result store's pubsub is gone (Celery would raise RuntimeError there)."""
+    app = connect(redis_url, backend_url="redis://127.0.0.1:1/0", redis_url=redis_url)
+    sent = send_sms(app, "+33612345671", "hi", sender="ACME")
+    start_process("worker")
+    wait_for(lambda: runtime.store.get_order(sent.order_id).state in ("accepted", "completed"), timeout=20,
+             what="the send accepted")
+    assert simulator.billed_sends(sent.order_id) == 1
