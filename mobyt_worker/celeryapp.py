@@ -69,10 +69,10 @@ def create_app(settings: Settings, *, intents: Intents | None = None) -> MobytAp
         # mid-request); their ack is lost, so they come back after the visibility timeout
         # and, being idempotent, find their work done.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        # SIGTERM (mapped to Celery's cold shutdown by REMAP_SIGTERM=SIGQUIT, see the
-        # Procfile) stops taking messages, gives running tasks this grace, then hands
-        # every unacked message back to the queue at once instead of after the
-        # visibility timeout. Only when tasks are running: an idle worker exits at once.
+        # A cold shutdown (SIGQUIT, or SIGTERM under Celery's REMAP_SIGTERM=SIGQUIT)
+        # stops taking messages, gives running tasks this grace, then hands every
+        # unacked message back to the queue at once instead of after the visibility
+        # timeout. Only when tasks are running: an idle worker exits at once.
         worker_soft_shutdown_timeout=settings.shutdown_grace,
         worker_enable_soft_shutdown_on_idle=False,
         broker_pool_limit=max(10, settings.worker_concurrency),
