@@ -158,3 +158,4 @@ def start_process(worker_env: dict[str, str], private_redis: Callable[..., Redis
         proc.stop()
     for proc in started:
         print(f"--- {proc.kind} {proc.name} log (tail) ---\n{proc.output()[-4000:]}")
+        proc.log.unlink(missing_ok=True)
