@@ -92,6 +92,7 @@ class Settings:
     poll_tick: float = 5.0
     poll_intervals: tuple[float, ...] = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
     send_retry_max: float = 60.0
+    send_retry_for: float = 3600.0
     doubt_grace: float = 30.0
     doubt_limit: float = 3600.0
     order_unknown_codes: frozenset[str] = frozenset()
@@ -183,6 +184,7 @@ class Settings:
             poll_tick=get("MOBYT_POLL_TICK", _positive(float), d.poll_tick),
             poll_intervals=get("MOBYT_POLL_INTERVALS", _intervals, d.poll_intervals),
             send_retry_max=get("MOBYT_SEND_RETRY_MAX", _positive(float), d.send_retry_max),
+            send_retry_for=get("MOBYT_SEND_RETRY_FOR", _positive(float), d.send_retry_for),
             doubt_grace=get("MOBYT_DOUBT_GRACE", _non_negative(float), d.doubt_grace),
             doubt_limit=get("MOBYT_DOUBT_LIMIT", _positive(float), d.doubt_limit),
             order_unknown_codes=get("MOBYT_ORDER_UNKNOWN_CODES", _codes, d.order_unknown_codes),

@@ -47,6 +47,7 @@ metric                                        type       labels
                                                          or the error class)
 ``mobyt_provider_request_seconds``            histogram  function
 ``mobyt_intents_replayed_total``               counter    -
+``mobyt_sends_republished_total``             counter    -
 ``mobyt_credits_available``                   gauge      type, nation (empty for abroad)
 ``mobyt_orders_due``                          gauge      -
 ``mobyt_in_doubt_orders``                     gauge      -
@@ -107,6 +108,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "provider_requests": ("counter", "HTTP requests to the provider, by function and outcome", ("function", "outcome")),
     "provider_request_seconds": ("histogram", "HTTP latency to the provider, by function", ("function",)),
     "intents_replayed": ("counter", "Queued sends published again by mobyt.replay_intents", ()),
+    "sends_republished": ("counter", "Unfinished sends whose task the poller published again (a lost retry)", ()),
 }
 
 #: What the result of a task says about the send (``mobyt.send_sms`` only).

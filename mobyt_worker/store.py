@@ -78,6 +78,7 @@ class OrderRecord:
     doubt: bool = False  # an attempt may have reached the provider: only evidence ends it
     doubt_since: float | None = None  # epoch the doubt began
     ambiguous_at: float | None = None  # epoch of the last attempt that may have reached it
+    claimed_at: float | None = None  # epoch a worker first took the send: its retries are timed from it
     request: str | None = None  # JSON of the send's kwargs (for an operator's resend)
     error_code: str | None = None
     error: str | None = None
@@ -424,7 +425,8 @@ def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> Or
         parts=opt_int("parts"), batch_id=opt("batch_id"), task_id=opt("task_id"),
         attempts=int(raw.get("attempts") or 0), recipient_count=int(raw.get("recipient_count") or 0),
         doubt=raw.get("doubt") == "1",
-        doubt_since=opt_float("doubt_since"), ambiguous_at=opt_float("ambiguous_at"), request=opt("request"),
+        doubt_since=opt_float("doubt_since"), ambiguous_at=opt_float("ambiguous_at"),
+        claimed_at=opt_float("claimed_at"), request=opt("request"),
         error_code=opt("error_code"), error=opt("error"),
         history=[json.loads(h) for h in history],
     )

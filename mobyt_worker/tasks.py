@@ -46,7 +46,6 @@ from .worker import app
 
 log = logging.getLogger(__name__)
 
-SEND_MAX_RETRIES = 12
 #: Longest wait for a rate-limit slot inside a task; a later slot is waited for in the queue.
 RATE_WAIT_IN_TASK = 3.0
 
@@ -65,7 +64,7 @@ def _backoff(retries: int, cap: float, base: float = 1.0) -> float:
 EXPECTED = (InvalidInput, ProviderRejected, OrderNotFound, OrderNotCancellable)
 
 
-@app.task(base=MobytTask, bind=True, name=contract.SEND_SMS, max_retries=SEND_MAX_RETRIES, throws=EXPECTED)
+@app.task(base=MobytTask, bind=True, name=contract.SEND_SMS, max_retries=None, throws=EXPECTED)
 def send_sms(
     self: MobytTask,
     recipients: list[str] | str,
@@ -140,6 +139,18 @@ def _look_again_at(rt: Runtime, countdown: float = 0.0) -> float:
     return time.time() + countdown + _lock_seconds(rt) + rt.settings.doubt_grace
 
 
+def _may_retry(rt: Runtime, order_id: str, countdown: float) -> bool:
+    """Whether a send may try again in ``countdown`` seconds: only within
+    MOBYT_SEND_RETRY_FOR of its first claim. Past it, the order stays where it is, in the
+    due set, and the poller settles it on evidence (it never sends)."""
+    record = rt.store.get_order(order_id, with_history=False)
+    return record is not None and time.time() + countdown - _first_claim(record) <= rt.settings.send_retry_for
+
+
+def _first_claim(record: OrderRecord) -> float:
+    return record.claimed_at or datetime.fromisoformat(record.created_at).timestamp()
+
+
 def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_id: str | None) -> dict[str, Any]:
     rt = task.runtime
     store, s = rt.store, rt.settings
@@ -196,6 +207,8 @@ def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
         countdown = _backoff(task.request.retries, s.send_retry_max)
         store.mark_unsent(order_id, exc, token)
         store.defer(order_id, _look_again_at(rt, countdown))
+        if not _may_retry(rt, order_id, countdown):
+            raise exc
         log.warning("order %s: not sent, the claim is not on the replicas (%s); retry %d", order_id, exc,
                     task.request.retries + 1)
         raise task.retry(exc=exc, countdown=countdown)
@@ -235,7 +248,7 @@ def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, 
     countdown = max(_backoff(task.request.retries, rt.settings.send_retry_max),
                     evidence.ask_after - time.time())
     _still_in_doubt(rt, record, evidence, next_check=_look_again_at(rt, countdown))
-    if task.request.retries >= SEND_MAX_RETRIES:  # the due-set poller keeps asking
+    if not _may_retry(rt, order_id, countdown):  # the due-set poller keeps asking
         return _send_result(rt, order_id, request, store.require_order(order_id).state)
     log.warning("order %s: still in doubt (%s), asking again in %.1fs", order_id,
                 evidence.error or "grace period", countdown)
@@ -280,9 +293,13 @@ def _attempt(task: MobytTask, request: sms.SendRequest, order_id: str, lock_toke
         else:
             store.mark_unsent(order_id, exc, lock_token)
             store.defer(order_id, next_check)
+        if not _may_retry(rt, order_id, countdown):  # the poller settles it
+            log.warning("order %s: transient failure (%s), no retry after %.0fs of trying", order_id,
+                        type(exc).__name__, s.send_retry_for)
+            raise exc
         log.warning("order %s: transient failure (%s), retry %d", order_id, type(exc).__name__,
                     task.request.retries + 1)
-        raise task.retry(exc=exc, countdown=countdown)  # past the last retry, the poller settles it
+        raise task.retry(exc=exc, countdown=countdown)
     credits = receipt.count if request.return_credits else None
     state = _record_acceptance(rt, request, order_id, credits=credits, lock_token=lock_token)
     return _send_result(rt, order_id, request, state, credits=credits)
@@ -353,13 +370,24 @@ def poll_status(self: MobytTask, order_id: str) -> dict[str, Any]:
 
 
 def _settle_unfinished_send(rt: Runtime, record: OrderRecord) -> None:
-    """A send no task is finishing: accepted on evidence that the provider has it, failed
-    (nothing billed) on evidence that it does not or that no attempt ever reached it, and
-    otherwise still in doubt, asked again later. Never sends."""
+    """A send no task is finishing. Within MOBYT_SEND_RETRY_FOR of its first claim, its
+    send task is published again: its retry may have gone with a killed worker, and the
+    task settles any doubt on evidence before it sends. After that: accepted on evidence
+    that the provider has it, failed (nothing billed) on evidence that it does not or that
+    no attempt ever reached it, and otherwise still in doubt, asked again later. The poller
+    itself never sends."""
     store, order_id = rt.store, record.order_id
     lock_ms = rt.redis.pttl(store.keys.send_lock(order_id))
     if lock_ms > 0 or lock_ms == -1:  # an attempt is in flight: look after it
         store.defer(order_id, time.time() + max(lock_ms, 0) / 1000 + rt.settings.doubt_grace + 0.1)
+        return
+    if record.state != IN_DOUBT and record.request and time.time() - _first_claim(record) < rt.settings.send_retry_for:
+        store.defer(order_id, _look_again_at(rt))  # before publishing: a failed publish is looked at again
+        send_sms.apply_async(kwargs=json.loads(record.request), task_id=record.task_id or f"send-{order_id}",
+                             queue=QUEUE)
+        rt.metrics.inc("sends_republished")
+        log.warning("order %s: %s and no task is sending it; its send task is published again", order_id,
+                    record.state)
         return
     if not record.doubt and record.state == UNSENT:
         store.mark_failed(order_id, ProviderRejected("the send could not be completed; nothing was billed"))

@@ -37,6 +37,7 @@ def test_defaults_follow_the_spec():
         ("MOBYT_POLL_INTERVALS", "15,0,30"),
         ("MOBYT_SEND_RATE_LIMIT", "-1"),
         ("MOBYT_CREDIT_THRESHOLD", "1.5"),
+        ("MOBYT_SEND_RETRY_FOR", "0"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(variable, value):

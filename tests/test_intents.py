@@ -4,6 +4,7 @@ no worker claimed. Real Redis, real worker and beat, the simulator over HTTP."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -122,3 +123,28 @@ def test_a_replay_of_a_message_that_was_not_lost_sends_nothing_twice(redis_url, 
         wait_for(lambda: (rec := store.get_order(e.order_id)) and rec.final, timeout=30, what="final")
     time.sleep(1.0)  # let any stray replay run
     assert [simulator.billed_sends(e.order_id) for e in sent] == [1] * 5
+
+
+@pytest.mark.parametrize("fault, state", [("http429", "unsent"), ("drop", "sending")])
+def test_a_send_whose_retry_the_broker_lost_is_published_again_by_the_poller(
+        fault, state, redis_url, simulator, start_process):
+    """The first attempt fails (surely unsent: a 429 asking for 6 s; or its connection
+    dropped, so absence is proven only after the 6 s grace), its retry waits
+    in the worker, and the worker is SIGKILLed as the broker loses that message. The poller
+    publishes the send task again: sent once, never failed for want of a retry."""
+    worker = start_process("worker", env={"MOBYT_DOUBT_GRACE": "6"})
+    simulator.inject_fault("SENDSMS", fault, delay=6 if fault == "http429" else 0)
+    order_id = new_order_id()
+    send_sms(connect(redis_url), [NUMBER], "retry lost", sender="ACME", order_id=order_id)
+    store = OrderStore(connect_redis(redis_url), "mobyt")
+    r = redis.Redis.from_url(redis_url)
+    wait_for(lambda: (rec := store.get_order(order_id)) and rec.state == state and r.hlen("unacked") == 1
+             and re.search(r"Retry in [56](\.\d+)?s", worker.output()), timeout=20, what="the retry held by the worker")
+    worker.kill()
+    assert r.delete("mobyt", "unacked", "unacked_index") >= 1  # the broker lost the retry
+    start_process("worker", name="w2")
+    start_process("beat")
+    record = wait_for(lambda: (rec := store.get_order(order_id)) and rec.final and rec, timeout=60,
+                      what="the order final")
+    assert record.state == "completed" and simulator.billed_sends(order_id) == 1
+    assert simulator.count("SENDSMS") == 2

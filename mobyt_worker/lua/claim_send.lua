@@ -8,7 +8,8 @@
 --   optout   - (only with KEYS[6], the opt-out hash) a recipient in ARGV[8..] sent STOP:
 --              nothing was written
 -- A missing record and a producer's ``queued`` intent are the same: the record is created
--- (an intent's created_at kept) and the intent leaves P:intents. The due-set entry is
+-- (an intent's created_at kept, ``claimed_at`` stamped: a send's retries are timed from
+-- it) and the intent leaves P:intents. The due-set entry is
 -- written before any HTTP call, so even a SIGKILL mid-send leaves the order where the
 -- poller settles it. Re-running with the same token (a client-side retry after a lost
 -- reply) gives "send" again.
@@ -34,7 +35,7 @@ if not state or state == 'queued' then
   local created = redis.call('HGET', order, 'created_at')
   redis.call('HSET', order, unpack(cjson.decode(ARGV[5])))
   if created then redis.call('HSET', order, 'created_at', created) end
-  redis.call('HSET', order, 'attempts', 0)
+  redis.call('HSET', order, 'attempts', 0, 'claimed_at', now)
   redis.call('EXPIRE', order, ttl)
   redis.call('ZADD', orders, now, oid)
   redis.call('ZREM', intents, oid)
