@@ -10,6 +10,9 @@ the poll due-set nor in the intents index), untracked (billed with no order reco
     python bench/soak.py --small    # CI size (tests/test_soak.py)
     python bench/soak.py --only storm,redis
 
+``all`` puts the kill storm, the Redis restarts, the outage and a provider that loses
+answers and fails reads at random on one stream of sends, at once.
+
 The netns scenario needs root and iproute2: it makes a network namespace and a veth pair
 of its own, runs one worker inside, and takes the link down and up.
 """
@@ -67,12 +70,14 @@ class Result:
     untracked: int = 0
     seconds: float = 0.0
     stranded_states: dict[str, int] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         return (f"{self.scenario:<8} sends={self.sends} {self.faults} billed={self.billed} "
                 f"duplicates={self.duplicates} lost={self.lost} stranded={self.stranded} "
                 f"untracked={self.untracked} wall={self.seconds:.0f}s"
-                + (f" stranded_in={self.stranded_states}" if self.stranded_states else ""))
+                + (f" stranded_in={self.stranded_states}" if self.stranded_states else "")
+                + f" states={self.states}")
 
     @property
     def clean(self) -> bool:
@@ -153,6 +158,7 @@ def measure(stack: Stack, accepted: list[str], settle: float) -> Result:
     for oid in accepted:
         rec = store.get_order(oid, with_history=False)
         state = rec.state if rec else ""
+        result.states[state or "missing"] = result.states.get(state or "missing", 0) + 1
         if not billed.get(oid) and state not in END_STATES:
             result.lost += 1
         if state in OPEN_STATES | {"queued"} and r.zscore(keys.due, oid) is None \
@@ -226,6 +232,43 @@ def provider_outage(seconds: float) -> Callable[[Stack, threading.Event], str]:
     return fault
 
 
+def flaky_provider(every: float, per_wave: int) -> Callable[[Stack, threading.Event], str]:
+    """Every ``every`` seconds, ``per_wave`` faults on the send and on both reads that settle
+    a doubt: answers lost before or after the provider committed, 5xx, 408, 429, KO,
+    garbage, a hang past the read timeout."""
+    kinds = {"SENDSMS": ["drop", "lost_answer", "http500", "http503", "http408", "http429", "garbage", "slow"],
+             "SMSSTATUS": ["drop", "http503", "garbage", "ko", "slow"],
+             "SMSHISTORY": ["drop", "http503", "garbage", "ko"]}
+
+    def fault(stack: Stack, stop: threading.Event) -> str:
+        injected = 0
+        while not stop.wait(every):
+            for _ in range(per_wave):
+                function = random.choice(list(kinds))
+                kind = random.choice(kinds[function])
+                stack.sim.inject_fault(function, kind, delay=2.5 if kind == "slow" else 0.0)
+                injected += 1
+        return f"provider_faults={injected}"
+    return fault
+
+
+def together(*faults: Callable[[Stack, threading.Event], str]) -> Callable[[Stack, threading.Event], str]:
+    """All the faults at once, each in its own thread, over the same stream of sends."""
+    def fault(stack: Stack, stop: threading.Event) -> str:
+        said: list[str] = [""] * len(faults)
+
+        def one(i: int) -> None:
+            said[i] = faults[i](stack, stop)
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(faults))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return " ".join(said)
+    return fault
+
+
 def netns_cut(seconds: float, ns: str, host_if: str) -> Callable[[Stack, threading.Event], str]:
     def fault(stack: Stack, stop: threading.Event) -> str:
         stack.start("worker", "cut", env={"REDIS_URL": stack.redis_url.replace("127.0.0.1", NETNS_HOST),
@@ -279,13 +322,15 @@ def scenarios(size: Size, small: bool) -> dict[str, Callable[[], Result]]:
         "netns": lambda: run("netns", size, netns_cut(8.0 if small else 30.0, ns, host_if), workers=1,
                              setup=netns_setup(ns, host_if)),
         "rabbit": rabbit,
+        "all": lambda: run("all", size, together(kill_storm(3.0), redis_restarts(2),
+                                                 provider_outage(4.0 if small else 6.0), flaky_provider(1.0, 4))),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="CI size")
-    parser.add_argument("--only", default="", help="comma-separated scenarios (storm,redis,outage,netns,rabbit)")
+    parser.add_argument("--only", default="", help="comma-separated scenarios (storm,redis,outage,netns,rabbit,all)")
     args = parser.parse_args(argv)
     size = SMALL if args.small else BIG
     chosen = scenarios(size, args.small)
