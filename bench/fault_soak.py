@@ -25,13 +25,9 @@ from mobyt_worker.client import MobytClient
 from mobyt_worker.config import Settings
 from mobyt_worker.connection import connect
 from mobyt_worker.contract import QUEUE, SEND_SMS
+from mobyt_worker.sandbox import FLAKY
 from mobyt_worker.store import OrderStore
 
-FAULTS = {
-    "SENDSMS": ["drop", "lost_answer", "http500", "http503", "http408", "http429", "garbage", "slow"],
-    "SMSSTATUS": ["drop", "http503", "garbage", "ko", "slow"],
-    "SMSHISTORY": ["drop", "http503", "garbage", "ko"],
-}
 ENV = {"MOBYT_READ_TIMEOUT": "1", "MOBYT_CONNECT_TIMEOUT": "1", "MOBYT_SEND_RETRY_MAX": "1",
        "MOBYT_POLL_TICK": "0.3", "MOBYT_POLL_INTERVALS": "0.5,1,2", "MOBYT_DOUBT_GRACE": "0.5",
        "MOBYT_DOUBT_LIMIT": "20", "MOBYT_ORDER_UNKNOWN_CODES": "40", "MOBYT_VISIBILITY_TIMEOUT": "10"}
@@ -62,7 +58,7 @@ def main() -> int:
         ids, injected = [], 0
         per_wave = max(1, args.orders // args.waves)
         for wave in range(args.waves):
-            for function, kinds in FAULTS.items():
+            for function, kinds in FLAKY.items():
                 for _ in range(int(per_wave * args.fault_rate)):
                     kind = rng.choice(kinds)
                     sim.control("POST", "/_sim/fault", {"function": function, "kind": kind,

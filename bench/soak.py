@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mobyt_worker.producer import connect, new_order_id, send_sms  # noqa: E402
-from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer  # noqa: E402
+from mobyt_worker.sandbox import FLAKY, FUNCTIONS, ProviderSimulator, SimulatorServer  # noqa: E402
 from mobyt_worker.keys import Keys  # noqa: E402
 from mobyt_worker.store import OPEN_STATES, OrderStore  # noqa: E402
 from mobyt_worker.connection import connect as connect_redis  # noqa: E402
@@ -221,8 +222,6 @@ def redis_restarts(count: int) -> Callable[[Stack, threading.Event], str]:
 def provider_outage(seconds: float) -> Callable[[Stack, threading.Event], str]:
     def fault(stack: Stack, stop: threading.Event) -> str:
         stop.wait(2.0)
-        from mobyt_worker.sandbox import FUNCTIONS
-
         for function in FUNCTIONS:
             stack.sim.inject_fault(function, "http500", count=100_000)
         time.sleep(seconds)
@@ -234,18 +233,13 @@ def provider_outage(seconds: float) -> Callable[[Stack, threading.Event], str]:
 
 def flaky_provider(every: float, per_wave: int) -> Callable[[Stack, threading.Event], str]:
     """Every ``every`` seconds, ``per_wave`` faults on the send and on both reads that settle
-    a doubt: answers lost before or after the provider committed, 5xx, 408, 429, KO,
-    garbage, a hang past the read timeout."""
-    kinds = {"SENDSMS": ["drop", "lost_answer", "http500", "http503", "http408", "http429", "garbage", "slow"],
-             "SMSSTATUS": ["drop", "http503", "garbage", "ko", "slow"],
-             "SMSHISTORY": ["drop", "http503", "garbage", "ko"]}
-
+    a doubt (``sandbox.FLAKY``); a hang outlasts the read timeout."""
     def fault(stack: Stack, stop: threading.Event) -> str:
         injected = 0
         while not stop.wait(every):
             for _ in range(per_wave):
-                function = random.choice(list(kinds))
-                kind = random.choice(kinds[function])
+                function = random.choice(list(FLAKY))
+                kind = random.choice(FLAKY[function])
                 stack.sim.inject_fault(function, kind, delay=2.5 if kind == "slow" else 0.0)
                 injected += 1
         return f"provider_faults={injected}"
@@ -255,17 +249,8 @@ def flaky_provider(every: float, per_wave: int) -> Callable[[Stack, threading.Ev
 def together(*faults: Callable[[Stack, threading.Event], str]) -> Callable[[Stack, threading.Event], str]:
     """All the faults at once, each in its own thread, over the same stream of sends."""
     def fault(stack: Stack, stop: threading.Event) -> str:
-        said: list[str] = [""] * len(faults)
-
-        def one(i: int) -> None:
-            said[i] = faults[i](stack, stop)
-
-        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(faults))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return " ".join(said)
+        with ThreadPoolExecutor(len(faults)) as pool:
+            return " ".join(pool.map(lambda one: one(stack, stop), faults))
     return fault
 
 

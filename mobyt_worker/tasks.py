@@ -139,16 +139,18 @@ def _look_again_at(rt: Runtime, countdown: float = 0.0) -> float:
     return time.time() + countdown + _lock_seconds(rt) + rt.settings.doubt_grace
 
 
+def _in_retry_window(rt: Runtime, record: OrderRecord, countdown: float = 0.0) -> bool:
+    """Whether a send may be tried again ``countdown`` seconds from now: only within
+    MOBYT_SEND_RETRY_FOR of its first claim (records written before ``claimed_at``
+    existed count from their creation). Past it, the order stays where it is, in the due
+    set, and the poller settles it on evidence (it never sends)."""
+    first_claim = record.claimed_at or datetime.fromisoformat(record.created_at).timestamp()
+    return time.time() + countdown - first_claim <= rt.settings.send_retry_for
+
+
 def _may_retry(rt: Runtime, order_id: str, countdown: float) -> bool:
-    """Whether a send may try again in ``countdown`` seconds: only within
-    MOBYT_SEND_RETRY_FOR of its first claim. Past it, the order stays where it is, in the
-    due set, and the poller settles it on evidence (it never sends)."""
     record = rt.store.get_order(order_id, with_history=False)
-    return record is not None and time.time() + countdown - _first_claim(record) <= rt.settings.send_retry_for
-
-
-def _first_claim(record: OrderRecord) -> float:
-    return record.claimed_at or datetime.fromisoformat(record.created_at).timestamp()
+    return record is not None and _in_retry_window(rt, record, countdown)
 
 
 def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_id: str | None) -> dict[str, Any]:
@@ -248,7 +250,7 @@ def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, 
     countdown = max(_backoff(task.request.retries, rt.settings.send_retry_max),
                     evidence.ask_after - time.time())
     _still_in_doubt(rt, record, evidence, next_check=_look_again_at(rt, countdown))
-    if not _may_retry(rt, order_id, countdown):  # the due-set poller keeps asking
+    if not _in_retry_window(rt, record, countdown):  # the due-set poller keeps asking
         return _send_result(rt, order_id, request, store.require_order(order_id).state)
     log.warning("order %s: still in doubt (%s), asking again in %.1fs", order_id,
                 evidence.error or "grace period", countdown)
@@ -381,7 +383,7 @@ def _settle_unfinished_send(rt: Runtime, record: OrderRecord) -> None:
     if lock_ms > 0 or lock_ms == -1:  # an attempt is in flight: look after it
         store.defer(order_id, time.time() + max(lock_ms, 0) / 1000 + rt.settings.doubt_grace + 0.1)
         return
-    if record.state != IN_DOUBT and record.request and time.time() - _first_claim(record) < rt.settings.send_retry_for:
+    if record.state != IN_DOUBT and record.request and _in_retry_window(rt, record):
         store.defer(order_id, _look_again_at(rt))  # before publishing: a failed publish is looked at again
         send_sms.apply_async(kwargs=json.loads(record.request), task_id=record.task_id or f"send-{order_id}",
                              queue=QUEUE)

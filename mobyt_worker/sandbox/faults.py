@@ -16,6 +16,13 @@ FAULT_KINDS = frozenset({"http500", "http503", "http408", "http429", "html", "ga
                          "lost_answer"})
 #: The faults that still let the request be processed.
 PROCESSED = frozenset({"slow", "lost_answer"})
+#: What a flaky provider does to a send and to the two reads that settle a doubt: answers
+#: lost before or after it committed, 5xx, 408, 429, KO, garbage, a hang (bench/ soaks).
+FLAKY = {
+    "SENDSMS": ("drop", "lost_answer", "http500", "http503", "http408", "http429", "garbage", "slow"),
+    "SMSSTATUS": ("drop", "http503", "garbage", "ko", "slow"),
+    "SMSHISTORY": ("drop", "http503", "garbage", "ko"),
+}
 
 _HTML_500 = b"<html><head><title>500 Internal Server Error</title></head><body><h1>Oops</h1></body></html>"
 _HTML_PAGE = b"<!DOCTYPE html><html><head><title>Maintenance</title></head><body><p>En maintenance</p></body></html>"
