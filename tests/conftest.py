@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from typing import Callable, Iterator
@@ -38,9 +39,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(autouse=True)
 def no_redis_server_in_the_unit_tier(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     """Outside the integration tier any connection to a Redis server fails the test (even one
-    the code under test catches); yields the refused addresses."""
+    the code under test catches); yields the refused addresses.
+
+    An integration test's garbage is collected as it ends: a Celery result it dropped may
+    reconnect to that test's Redis from ``AsyncResult.__del__``, and collected later, in a
+    unit test of the same process, that was a refused connection (and, run in the middle
+    of ``ast.parse``, CPython 3.11's "AST constructor recursion depth mismatch")."""
     if request.node.get_closest_marker("integration"):
         yield []
+        gc.collect()
         return
     with refuse_redis_servers() as attempts:
         yield attempts
