@@ -6,23 +6,41 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test unit install install-test install-unit redis-server rabbitmq bench soak
+.PHONY: demo test unit install install-test install-unit lock redis-server rabbitmq bench soak
+
+# Every install comes from requirements/*.txt (pinned, with hashes): a fresh clone runs
+# what CI ran. `make lock` regenerates them from pyproject.toml (see requirements/README.md).
+PIP_VERSION := 26.3
+PIP_INSTALL := $(BIN)/pip install --quiet --require-hashes --no-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
 
-install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+install: $(VENV)/.run-deps
 
 install-test: install-unit redis-server
 
 install-unit: $(VENV)/.test-deps
 
-# pip runs again only when pyproject.toml changes
-$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+# pip runs again only when a lock file changes
+$(VENV)/.run-deps: requirements/build.txt requirements/run.txt | $(BIN)/python
+	$(PIP_INSTALL) -r requirements/build.txt -r requirements/run.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+$(VENV)/.test-deps: requirements/build.txt requirements/test.txt | $(BIN)/python
+	$(PIP_INSTALL) -r requirements/build.txt -r requirements/test.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@ $(VENV)/.run-deps
+
+COMPILE := $(BIN)/pip-compile --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links
+
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet pip-tools
+	$(COMPILE) --build-deps-for editable --only-build-deps -o requirements/build.txt pyproject.toml
+	$(COMPILE) -o requirements/run.txt pyproject.toml
+	$(COMPILE) --extra test -o requirements/test.txt pyproject.toml
 
 # Tests start their own redis-server; the demo starts one when no Redis answers.
 redis-server:

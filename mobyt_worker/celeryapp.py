@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from . import broker, contract, kombu_fix
 from .config import Settings
-from .connection import REDIS_RETRY, connect, parse_sentinel_url
+from .connection import connect, parse_sentinel_url, resilient_options
 from .contract import QUEUE
 from .intents import Intents
 from .keys import Keys
@@ -92,7 +92,7 @@ def create_app(settings: Settings, *, intents: Intents | None = None) -> MobytAp
         redbeat_lock_key=Keys(settings.key_prefix).beat_lock,
         # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
         # calls, and a tick that still fails is tried again (scheduler.py).
-        redbeat_redis_options={"retry_period": -1, **REDIS_RETRY},
+        redbeat_redis_options={"retry_period": -1, **resilient_options()},
         # RedBeat: only the beat holding the lock in Redis ticks; the others wait for it.
         # The lock lives 5 x this interval unless extended (a beat extends it at every
         # tick), so a beat killed without releasing it is replaced within ~25 s.

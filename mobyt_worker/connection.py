@@ -3,36 +3,46 @@ for every process (workers, beat, web, CLI, producers)."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 
-#: Client options that ride out a Redis restart or failover (~30 s of jittered retries).
-REDIS_RETRY = {
-    "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 20),
-    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-    "health_check_interval": 15,
-    "socket_connect_timeout": 5,
-    "socket_timeout": 10,
-}
+def resilient_options() -> dict[str, Any]:
+    """Options that ride out a Redis restart or failover (~30 s of jittered retries)."""
+    return {
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 20),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": 15,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 10,
+    }
 
 
-def connect(url: str, *, sentinel_master: str = "mymaster") -> redis.Redis:
-    """A Redis client that survives restarts and failovers.
+def _quick() -> dict[str, Any]:
+    """Options of a probe: 2 s timeouts and no retry, so a dead Redis answers within seconds."""
+    return {"socket_connect_timeout": 2, "socket_timeout": 2, "retry": Retry(NoBackoff(), 0)}
+
+
+def connect(url: str, *, sentinel_master: str = "mymaster", quick: bool = False) -> redis.Redis:
+    """A Redis client that survives restarts and failovers (``quick``: one that gives up at once).
 
     ``sentinel://h1:26379;sentinel://h2:26379/0`` (kombu's form) asks the sentinels for
     the current master of ``sentinel_master`` and follows it across failovers.
     """
+    options: dict[str, Any] = _quick() if quick else resilient_options()
+    options["decode_responses"] = True
     if url.startswith("sentinel://"):
         hosts, db, password = parse_sentinel_url(url)
-        sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 5, "password": password})
-        return sentinel.master_for(sentinel_master, db=db, password=password, decode_responses=True,
-                                   **REDIS_RETRY)
-    return redis.Redis.from_url(url, decode_responses=True, **REDIS_RETRY)
+        sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": options["socket_connect_timeout"],
+                                                    "password": password})
+        options.update(db=db, password=password)
+        return sentinel.master_for(sentinel_master, **options)
+    return redis.Redis.from_url(url, **options)
 
 
 def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], int, str | None]:

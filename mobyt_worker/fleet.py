@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import redis
-from redis.sentinel import Sentinel
 
 from .config import Settings
-from .connection import parse_sentinel_url
+from .connection import connect
 from .contract import QUEUE
 from .credits import CreditsWatch
 from .keys import Keys
@@ -36,12 +35,7 @@ from .store import in_doubt_count
 
 def quick_client(s: Settings) -> redis.Redis:
     """Redis with 2 s timeouts and no retries, following the sentinels like every process."""
-    options = {"socket_timeout": 2, "socket_connect_timeout": 2, "decode_responses": True}
-    if s.redis_url.startswith("sentinel://"):
-        hosts, db, password = parse_sentinel_url(s.redis_url)
-        sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 2, "password": password})
-        return sentinel.master_for(s.sentinel_master, db=db, password=password, **options)
-    return redis.Redis.from_url(s.redis_url, **options)
+    return connect(s.redis_url, sentinel_master=s.sentinel_master, quick=True)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-from redis.sentinel import Sentinel
 
 from .. import errors
 from ..client import MobytClient
 from ..config import Settings
+from ..connection import connect
 from ..runtime import Runtime
 from ..sms import validate_order_id
-from ..connection import parse_sentinel_url
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -61,13 +58,10 @@ def open_runtime() -> Runtime:
 def _check_redis(settings: Settings) -> None:
     """One ping with short timeouts and no retry, so that a Redis that does not answer
     is a transient error (exit 4) within seconds, not after the workers' long retries."""
+    client = connect(settings.redis_url, sentinel_master=settings.sentinel_master, quick=True)
     if settings.redis_url.startswith("sentinel://"):
-        hosts, db, password = parse_sentinel_url(settings.redis_url)
-        client = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 2, "password": password}).master_for(
-            settings.sentinel_master, db=db, password=password, **QUICK_REDIS)
         where = f"sentinels of {settings.sentinel_master}"
     else:
-        client = redis.Redis.from_url(settings.redis_url, **QUICK_REDIS)
         kwargs = client.connection_pool.connection_kwargs
         where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
     try:
@@ -76,10 +70,6 @@ def _check_redis(settings: Settings) -> None:
         raise redis.ConnectionError(f"Redis at {where} does not answer ({type(exc).__name__})") from None
     finally:
         client.close()
-
-
-#: Client options of that ping.
-QUICK_REDIS: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2, "retry": Retry(NoBackoff(), 0)}
 
 
 def workers_app(settings: Settings) -> Celery:
