@@ -17,6 +17,7 @@ from mobyt_worker.store import OrderStore
 from .support import RedisServer, free_port, wait_for
 
 NUMBER = "+33612345670"
+TOKEN = "sentinel-token-0123456789abcdef"
 
 
 def test_parse_sentinel_url():
@@ -80,12 +81,12 @@ def test_web_process_starts_and_serves_through_sentinel(sentinel_url, worker_env
     from mobyt_worker.web import create_app
 
     env = {**worker_env, "REDIS_URL": sentinel_url, "MOBYT_REDIS_SENTINEL_MASTER": "mobytmaster",
-           "MOBYT_API_TOKEN": "sentinel-token"}
+           "MOBYT_API_TOKEN": TOKEN}
     rt = Runtime(Settings.from_env(env))
     client = testing.TestClient(create_app(rt))
     assert client.simulate_get("/healthz").json == {"status": "ok", "redis": True}
     answer = client.simulate_post("/v1/sms", json={"recipients": [NUMBER], "message": "hi"},
-                                  headers={"Authorization": "Bearer sentinel-token"})
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 202, answer.text
     assert rt.redis.exists(f"mobyt:api:order:{answer.json['order_id']}")
     rt.close()
