@@ -18,6 +18,7 @@ from typing import Callable, Mapping, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .connection import parse_sentinel_url
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -361,8 +362,11 @@ def _path(name: str) -> Callable[[str], str]:
 
 
 def _redis_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix", "sentinel"):
+    scheme = urlsplit(raw).scheme
+    if scheme not in ("redis", "rediss", "unix", "sentinel"):
         raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+    if scheme == "sentinel":
+        parse_sentinel_url(raw)  # every host at start, never showing the URL
     return raw
 
 

@@ -34,6 +34,7 @@ def test_defaults_follow_the_spec():
         ("MOBYT_CONNECT_TIMEOUT", "0"),
         ("MOBYT_READ_TIMEOUT", "soon"),
         ("REDIS_URL", "http://localhost:6379"),
+        ("REDIS_URL", "sentinel://:pw@h1:26379;redis://:pw@h2:6379/0"),
         ("MOBYT_KEY_PREFIX", "a b"),
         ("MOBYT_DEFAULT_MESSAGE_TYPE", "X"),
         ("MOBYT_NON_GSM", "ucs2"),
@@ -49,6 +50,7 @@ def test_a_bad_value_is_refused_naming_the_variable(variable, value):
         Settings.from_env({variable: value})
     assert info.value.variable == variable
     assert str(info.value).startswith(f"{variable}:")
+    assert ":pw@" not in str(info.value)
 
 
 def test_values_are_parsed():

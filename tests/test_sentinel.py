@@ -22,9 +22,14 @@ TOKEN = "sentinel-token-0123456789abcdef"
 
 def test_parse_sentinel_url():
     assert parse_sentinel_url("sentinel://:pw@h1:26379;sentinel://h2:26380/3") == (
-        [("h1", 26379), ("h2", 26380)], 3, "pw")
+        [("h1", 26379), ("h2", 26380)], 3, None, "pw")
+    assert parse_sentinel_url("sentinel://ops:p%40w@h1:26379;sentinel://ops:p%40w@h2:26379/0") == (
+        [("h1", 26379), ("h2", 26379)], 0, "ops", "p@w")
     with pytest.raises(ValueError):
         parse_sentinel_url("redis://h1:6379")
+    with pytest.raises(ValueError) as info:  # a malformed part is named, never shown: it may hold the password
+        parse_sentinel_url("sentinel://:pw-9q@h1:26379;redis://:pw-9q@h2:26379/0")
+    assert str(info.value) == "part 2 of 2 is not a sentinel://host:port URL"
 
 
 @pytest.fixture
