@@ -1,13 +1,19 @@
 """The Celery app of the workers and beat: Redis broker and result backend, configured so
-that nothing is lost, and the beat schedule. worker.py builds it from the environment."""
+that nothing is lost, and the beat schedule. worker.py builds it from the environment.
+
+No setting shows a password: Celery censors the broker and backend URLs and any setting
+or option named like a password (``celery inspect conf``, ``report``), so RedBeat's URL is
+given without its credentials, which go in its options.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from . import broker, contract, kombu_fix
 from .config import Settings
-from .connection import connect, parse_sentinel_url, resilient_options
+from .connection import connect, parse_sentinel_url, resilient_options, split_credentials
 from .contract import QUEUE
 from .intents import Intents
 from .keys import Keys
@@ -87,12 +93,9 @@ def create_app(settings: Settings, *, intents: Intents | None = None) -> MobytAp
         timezone="UTC",
         # RedBeat, with ticks that survive a Redis outage or failover (scheduler.py).
         beat_scheduler="mobyt_worker.scheduler:ResilientRedBeatScheduler",
-        redbeat_redis_url=settings.redis_url,
+        **_redbeat_connection(settings),
         redbeat_key_prefix=Keys(settings.key_prefix).beat_prefix,
         redbeat_lock_key=Keys(settings.key_prefix).beat_lock,
-        # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
-        # calls, and a tick that still fails is tried again (scheduler.py).
-        redbeat_redis_options={"retry_period": -1, **resilient_options()},
         # RedBeat: only the beat holding the lock in Redis ticks; the others wait for it.
         # The lock lives 5 x this interval unless extended (a beat extends it at every
         # tick), so a beat killed without releasing it is replaced within ~25 s.
@@ -105,8 +108,8 @@ def create_app(settings: Settings, *, intents: Intents | None = None) -> MobytAp
             "replay-intents": _every(contract.REPLAY_INTENTS, max(1.0, min(30.0, settings.replay_after / 4))),
         },
     )
-    if settings.broker_url and broker.is_amqp(settings.broker_url):
-        app.conf.update(broker.options(settings.broker_url))  # RabbitMQ: its own transport options
+    # RabbitMQ: its own transport options; rediss://: certificates verified
+    app.conf.update(broker.options(app.conf.broker_url), **broker.backend_options(settings.redis_url))
     if settings.broker_key_prefix:
         # Celery's own keys (queue, unacked, results) under a prefix too, for a Redis DB
         # shared with others (the demo does this). Producers must set the same prefix.
@@ -118,14 +121,28 @@ def create_app(settings: Settings, *, intents: Intents | None = None) -> MobytAp
 
 
 def _follow_sentinel(app: MobytApp, settings: Settings) -> None:
-    """Broker, results and RedBeat all ask the sentinels for the current master."""
-    hosts, db, password = parse_sentinel_url(settings.redis_url)
+    """Broker and results ask the sentinels for the current master (RedBeat: _redbeat_connection)."""
     master = settings.sentinel_master
     app.conf.broker_transport_options["master_name"] = master
     app.conf.result_backend_transport_options["master_name"] = master
-    app.conf.redbeat_redis_url = "redis-sentinel://"
-    app.conf.redbeat_redis_options.update(
-        {"sentinels": hosts, "service_name": master, "db": db, "password": password, "socket_timeout": 10})
+
+
+def _redbeat_connection(settings: Settings) -> dict[str, Any]:
+    """RedBeat's URL without credentials (Celery censors the broker's and the backend's, not
+    this one), and its options with them (censored by their names); with ``sentinel://``,
+    the sentinels to ask for the master."""
+    # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
+    # calls, and a tick that still fails is tried again (scheduler.py).
+    options: dict[str, Any] = {"retry_period": -1, **resilient_options()}
+    if settings.redis_url.startswith("sentinel://"):
+        target = parse_sentinel_url(settings.redis_url)
+        url, username, password = "redis-sentinel://", target.username, target.password
+        options.update(sentinels=target.hosts, service_name=settings.sentinel_master, db=target.db)
+    else:
+        url, username, password = split_credentials(settings.redis_url)
+    options.update({k: v for k, v in (("username", username), ("password", password)) if v})
+    return {"redbeat_redis_url": url, "redbeat_redis_options": options,
+            "redbeat_redis_use_ssl": dict(broker.VERIFIED) if broker.is_tls_redis(url) else False}
 
 
 def _every(task: str, seconds: float, *, expires: float | None = None) -> dict[str, object]:

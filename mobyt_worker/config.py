@@ -1,21 +1,31 @@
 """Settings read once from the environment (and an optional ``.env`` file).
 
 Every value is validated at start-up; a bad one raises :class:`ConfigError` naming
-the variable. The password and the webhook token are held in :class:`Secret`, whose
-``repr``/``str`` never show the value, so settings can be logged safely.
+the variable (never showing a secret's value). The password and the tokens are held in
+:class:`Secret`, whose ``repr``/``str`` never show the value, and URLs are shown without
+their passwords, so settings can be logged and printed safely (:meth:`Settings.shown`).
+
+The ``.env`` file is the working directory's, or the one ``MOBYT_ENV_FILE`` names; never
+a parent directory's, which may belong to another project or deployment.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Callable, Mapping, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .connection import parse_sentinel_url
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+#: The shortest token accepted (``MOBYT_API_TOKEN``'s, ``MOBYT_WEBHOOK_TOKEN``): 24 random
+#: characters are beyond guessing, fewer may be a placeholder left in place.
+MIN_TOKEN_LENGTH = 24
 
 
 class Secret:
@@ -123,12 +133,11 @@ class Settings:
         """
         if environ is None:
             env: dict[str, str] = {}
-            if dotenv:
-                from dotenv import dotenv_values, find_dotenv
+            found = _env_file(os.environ) if dotenv else None
+            if found:
+                from dotenv import dotenv_values
 
-                # the working directory's .env (or a parent's), not the package's
-                found = find_dotenv(usecwd=True)
-                env.update({k: v for k, v in dotenv_values(found).items() if v is not None} if found else {})
+                env.update({k: v for k, v in dotenv_values(found).items() if v is not None})
             env.update(os.environ)
         else:
             env = dict(environ)
@@ -170,7 +179,7 @@ class Settings:
             default_sender=get("MOBYT_DEFAULT_SENDER", str, d.default_sender),
             default_message_type=get("MOBYT_DEFAULT_MESSAGE_TYPE", _choice("N", "L"), d.default_message_type),
             non_gsm=get("MOBYT_NON_GSM", _choice("transliterate", "reject"), d.non_gsm),
-            webhook_token=Secret(env.get("MOBYT_WEBHOOK_TOKEN", "")),
+            webhook_token=_token("MOBYT_WEBHOOK_TOKEN", env.get("MOBYT_WEBHOOK_TOKEN", "")),
             worker_concurrency=concurrency,
             visibility_timeout=get("MOBYT_VISIBILITY_TIMEOUT", _positive(int), d.visibility_timeout),
             shutdown_grace=get("MOBYT_SHUTDOWN_GRACE", _positive(float), d.shutdown_grace),
@@ -195,7 +204,7 @@ class Settings:
             credit_threshold=get("MOBYT_CREDIT_THRESHOLD", _non_negative(int), d.credit_threshold),
             log_format=get("MOBYT_LOG_FORMAT", _choice("text", "json"), d.log_format),
             broker_key_prefix=get("MOBYT_BROKER_KEY_PREFIX", _broker_prefix, d.broker_key_prefix),
-            api_tokens=_tokens(env.get("MOBYT_API_TOKEN", "")),
+            api_tokens=_tokens("MOBYT_API_TOKEN", env.get("MOBYT_API_TOKEN", "")),
             api_rate_limit=get("MOBYT_API_RATE_LIMIT", _non_negative(int), d.api_rate_limit),
             heartbeat_interval=get("MOBYT_HEARTBEAT_INTERVAL", _positive(float), d.heartbeat_interval),
             ready_provider_age=get("MOBYT_READY_PROVIDER_AGE", _positive(float), d.ready_provider_age),
@@ -212,18 +221,62 @@ class Settings:
         if not self.password:
             raise ConfigError("MOBYT_PASSWORD", "is required to call the provider")
 
+    def shown(self) -> dict[str, object]:
+        """Every setting as it may be printed (``mobyt config``, ``repr``): secrets as
+        ``***``, URLs without their passwords, plain JSON types."""
+        return {f.name: _shown(getattr(self, f.name)) for f in fields(self)}
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for the log filters that mask them: the provider's password,
+        the tokens, and the password of each host of the Redis and broker URLs."""
+        urls = [self.redis_url, self.broker_url or ""]
+        passwords = [urlsplit(part).password or "" for url in urls for part in url.split(";")]
+        return [s for s in (self.password.reveal(), self.webhook_token.reveal(), *(t.reveal() for t in self.api_tokens),
+                            *passwords, *map(unquote, passwords)) if s]
+
     def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={_masked(getattr(self, f.name))!r}" for f in fields(self) if f.name != "paths")
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.shown().items() if name != "paths")
         return f"Settings({shown})"
 
 
-def _masked(value: object) -> object:
-    """A URL's password (a broker's ``amqp://user:pw@host``) as ``***``."""
-    if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.password:
-            return value.replace(f":{parts.password}@", ":***@", 1)
+def mask_url(url: str) -> str:
+    """``url`` with the password of each of its hosts (``;``-separated, as Sentinel's) as ``***``."""
+    return ";".join(_mask_one(part) for part in url.split(";"))
+
+
+def _mask_one(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
+
+
+def _shown(value: object) -> object:
+    if isinstance(value, Secret):
+        return "***" if value else ""
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value else value
+    if isinstance(value, ZoneInfo):
+        return value.key
+    if isinstance(value, frozenset):
+        return sorted(_shown(v) for v in value)  # type: ignore[type-var]
+    if isinstance(value, tuple):
+        return [_shown(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _shown(v) for k, v in value.items()}
     return value
+
+
+def _env_file(environ: Mapping[str, str]) -> Path | None:
+    """The ``.env`` to read: ``MOBYT_ENV_FILE``'s, else the working directory's if there is one."""
+    named = environ.get("MOBYT_ENV_FILE", "").strip()
+    if named:
+        if not Path(named).is_file():
+            raise ConfigError("MOBYT_ENV_FILE", f"{named!r} is not a file")
+        return Path(named)
+    here = Path.cwd() / ".env"
+    return here if here.is_file() else None
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
@@ -256,9 +309,20 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return convert
 
 
-def _tokens(raw: str) -> tuple[Secret, ...]:
+def _token(name: str, raw: str, which: str = "the token") -> Secret:
+    """A token of at least :data:`MIN_TOKEN_LENGTH` characters (empty: none); the error never shows it."""
+    value = raw.strip()
+    if value and len(value) < MIN_TOKEN_LENGTH:
+        raise ConfigError(name, f"{which} is shorter than {MIN_TOKEN_LENGTH} characters")
+    return Secret(value)
+
+
+def _tokens(name: str, raw: str) -> tuple[Secret, ...]:
     """Comma-separated, so a token can be rotated: the new one is added before the old one goes."""
-    return tuple(Secret(part.strip()) for part in raw.split(",") if part.strip())
+    parts = [part for part in raw.split(",") if part.strip()]
+    if len(parts) == 1:
+        return (_token(name, parts[0]),)
+    return tuple(_token(name, part, f"token {i} of {len(parts)}") for i, part in enumerate(parts, 1))
 
 
 def _intervals(raw: str) -> tuple[float, ...]:
@@ -298,8 +362,11 @@ def _path(name: str) -> Callable[[str], str]:
 
 
 def _redis_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix", "sentinel"):
+    scheme = urlsplit(raw).scheme
+    if scheme not in ("redis", "rediss", "unix", "sentinel"):
         raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+    if scheme == "sentinel":
+        parse_sentinel_url(raw)  # every host at start, never showing the URL
     return raw
 
 

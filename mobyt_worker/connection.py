@@ -1,10 +1,14 @@
 """Redis clients that ride out a restart or a Sentinel failover: one place builds them
-for every process (workers, beat, web, CLI, producers)."""
+for every process (workers, beat, web, CLI, producers).
+
+A ``rediss://`` URL verifies the server's certificate (redis-py's default,
+``ssl_cert_reqs=required``) unless its query string says otherwise.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
@@ -37,24 +41,51 @@ def connect(url: str, *, sentinel_master: str = "mymaster", quick: bool = False)
     options: dict[str, Any] = _quick() if quick else resilient_options()
     options["decode_responses"] = True
     if url.startswith("sentinel://"):
-        hosts, db, password = parse_sentinel_url(url)
-        sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": options["socket_connect_timeout"],
-                                                    "password": password})
-        options.update(db=db, password=password)
+        target = parse_sentinel_url(url)
+        sentinel = Sentinel(target.hosts, sentinel_kwargs={"socket_timeout": options["socket_connect_timeout"],
+                                                           "password": target.password})
+        options.update(db=target.db, username=target.username, password=target.password)
         return sentinel.master_for(sentinel_master, **options)
     return redis.Redis.from_url(url, **options)
 
 
-def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
-    """``sentinel://[:pw@]h1:p1;sentinel://h2:p2/db`` -> ([(h1, p1), (h2, p2)], db, pw)."""
-    hosts, db, password = [], 0, None
-    for part in url.split(";"):
+class SentinelTarget(NamedTuple):
+    """What a ``sentinel://`` URL says: the sentinels, and the master's db and credentials."""
+
+    hosts: list[tuple[str, int]]
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """``sentinel://[user:pw@]h1:p1;sentinel://h2:p2/db`` -> ([(h1, p1), (h2, p2)], db, user, pw).
+
+    A malformed part is named by its position, never shown: it may hold the password."""
+    parts = url.split(";")
+    hosts, db, username, password = [], 0, None, None
+    for i, part in enumerate(parts, 1):
         parsed = urlsplit(part.strip())
         if parsed.scheme != "sentinel" or not parsed.hostname:
-            raise ValueError(f"not a sentinel:// URL: {part.strip()!r}")
+            raise ValueError(f"part {i} of {len(parts)} is not a sentinel://host:port URL")
         hosts.append((parsed.hostname, parsed.port or 26379))
         if parsed.path.strip("/"):
             db = int(parsed.path.strip("/"))
-        password = parsed.password or password
-    return hosts, db, password
+        username = _unquoted(parsed.username) or username
+        password = _unquoted(parsed.password) or password
+    return SentinelTarget(hosts, db, username, password)
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``redis://user:pw@host/0`` -> (``redis://host/0``, user, pw): a URL that may be shown,
+    and the credentials to pass as options, which Celery's settings censor by name."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None, None
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return bare, _unquoted(parts.username), _unquoted(parts.password)
+
+
+def _unquoted(value: str | None) -> str | None:
+    return unquote(value) if value else None
 

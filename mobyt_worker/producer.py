@@ -95,9 +95,10 @@ def connect(broker_url: str, *, backend_url: str | None = None, redis_url: str |
     if not redis_url:
         raise ValueError("redis_url: the workers' REDIS_URL is required with an amqp:// broker")
     intents = Intents(connect_redis(redis_url), key_prefix, ttl=order_ttl, replay_after=replay_after)
-    app = Producer("mobyt-producer", broker=broker_url, backend=backend_url or redis_url, intents=intents)
+    backend_url = backend_url or redis_url
+    app = Producer("mobyt-producer", broker=broker_url, backend=backend_url, intents=intents)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    task_default_queue=QUEUE, **broker.options(broker_url))
+                    task_default_queue=QUEUE, **broker.options(broker_url), **broker.backend_options(backend_url))
     prefix = os.environ.get("MOBYT_BROKER_KEY_PREFIX", "") if broker_key_prefix is None else broker_key_prefix
     if prefix:
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "global_keyprefix": prefix}

@@ -84,5 +84,5 @@ def wsgi_app(settings: Settings | None = None) -> falcon.App:
     """What gunicorn calls (``'mobyt_worker.web:wsgi_app()'``): settings from the
     environment, log masking of every token installed before the first request."""
     settings = settings or Settings.from_env()
-    webhooks.install_log_filter([settings.webhook_token.reveal(), *(t.reveal() for t in settings.api_tokens)])
+    webhooks.install_log_filter(settings.secrets())
     return create_app(Runtime(settings))

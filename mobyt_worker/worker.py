@@ -40,7 +40,7 @@ app = create_app(Settings.from_env())
 @after_setup_task_logger.connect
 def _structured_logs(logger: object, **_: object) -> None:
     s = app.settings
-    logs.configure(logger, s.log_format, secrets=(s.password.reveal(), s.webhook_token.reveal()))  # type: ignore[arg-type]
+    logs.configure(logger, s.log_format, secrets=s.secrets())  # type: ignore[arg-type]
 
 
 @task_prerun.connect

@@ -73,28 +73,42 @@ def refuse_redis_servers() -> Iterator[list[str]]:
 
 
 class RedisServer:
-    """A redis-server of our own. ``appendonly`` lets a restart keep the data."""
+    """A redis-server of our own. ``appendonly`` lets a restart keep the data; ``password``
+    is its ``requirepass``; ``tls`` (a :class:`SelfSignedCert`) makes it answer TLS only,
+    at ``rediss://`` URLs."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+    def __init__(self, port: int | None = None, *, appendonly: bool = False, password: str | None = None,
+                 tls: "SelfSignedCert | None" = None) -> None:
         binary = shutil.which("redis-server")
         if not binary:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="mobyt-redis-")
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        args = [self.binary, "--bind", "127.0.0.1", "--save", "",
                 "--dir", self.dir, "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always", "--protected-mode", "no", "--loglevel", "warning"]
+        if self.tls:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.cert),
+                     "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
+        client = redis.Redis.from_url(self.url, **({"ssl_ca_certs": str(self.tls.cert)} if self.tls else {}))
         wait_for(lambda: _ping(client), timeout=10, what="redis-server")
         client.close()
         return self
@@ -112,6 +126,20 @@ class RedisServer:
 
     def cleanup(self) -> None:
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SelfSignedCert:
+    """A key and a self-signed certificate for 127.0.0.1 (``openssl``), its own CA."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mobyt-tls-"))
+        self.key, self.cert = self.dir / "key.pem", self.dir / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", str(self.key), "-out", str(self.cert), "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+
+    def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

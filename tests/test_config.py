@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 
 from mobyt_worker.config import DEFAULT_PATHS, Secret, Settings
 from mobyt_worker.errors import ConfigError
+
+HOOK, API, API2 = "hook-" + "h" * 19, "api-" + "a" * 20, "api2-" + "b" * 19  # 24 characters each
+SENTINEL = "sentinel://ops:s-pw-1@h1:26379;sentinel://ops:s-pw-2@h2:26379/0"
 
 
 def test_defaults_follow_the_spec():
@@ -30,6 +34,7 @@ def test_defaults_follow_the_spec():
         ("MOBYT_CONNECT_TIMEOUT", "0"),
         ("MOBYT_READ_TIMEOUT", "soon"),
         ("REDIS_URL", "http://localhost:6379"),
+        ("REDIS_URL", "sentinel://:pw@h1:26379;redis://:pw@h2:6379/0"),
         ("MOBYT_KEY_PREFIX", "a b"),
         ("MOBYT_DEFAULT_MESSAGE_TYPE", "X"),
         ("MOBYT_NON_GSM", "ucs2"),
@@ -45,6 +50,7 @@ def test_a_bad_value_is_refused_naming_the_variable(variable, value):
         Settings.from_env({variable: value})
     assert info.value.variable == variable
     assert str(info.value).startswith(f"{variable}:")
+    assert ":pw@" not in str(info.value)
 
 
 def test_values_are_parsed():
@@ -70,11 +76,16 @@ def test_credentials_are_required_only_to_call_the_provider():
 
 
 def test_secrets_never_print(caplog):
-    s = Settings.from_env({"MOBYT_LOGIN": "acme", "MOBYT_PASSWORD": "hunter2-pw", "MOBYT_WEBHOOK_TOKEN": "tok-9z"})
+    s = Settings.from_env({"MOBYT_LOGIN": "acme", "MOBYT_PASSWORD": "hunter2-pw", "MOBYT_WEBHOOK_TOKEN": HOOK,
+                           "MOBYT_API_TOKEN": f"{API},{API2}", "REDIS_URL": SENTINEL,
+                           "MOBYT_BROKER_URL": "amqps://mq:mq-pw-3@rabbit:5671/v"})
     with caplog.at_level(logging.INFO):
         logging.getLogger("test").info("settings: %s %r", s, s)
-    for text in (repr(s), str(s), caplog.text, repr(s.password), f"{s.webhook_token}"):
-        assert "hunter2-pw" not in text and "tok-9z" not in text
+    for text in (repr(s), str(s), caplog.text, repr(s.password), f"{s.webhook_token}", json.dumps(s.shown())):
+        assert [x for x in ("hunter2-pw", HOOK, API, API2, "s-pw-1", "s-pw-2", "mq-pw-3") if x in text] == []
+    assert s.shown()["redis_url"] == "sentinel://ops:***@h1:26379;sentinel://ops:***@h2:26379/0"
+    assert s.shown()["broker_url"] == "amqps://mq:***@rabbit:5671/v"
+    assert s.shown()["api_tokens"] == ["***", "***"] and s.shown()["password"] == "***"
     assert s.password.reveal() == "hunter2-pw"
     with pytest.raises(TypeError):
         import pickle
@@ -89,3 +100,49 @@ def test_dotenv_file_is_read_and_the_environment_wins(tmp_path, monkeypatch):
     monkeypatch.delenv("MOBYT_LOGIN", raising=False)
     s = Settings.from_env()
     assert s.login == "from-file" and s.country == "ES"
+
+
+def test_a_parent_directory_s_dotenv_is_never_read(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("MOBYT_LOGIN=from-parent\nMOBYT_COUNTRY=IT\n")
+    here = tmp_path / "app"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("MOBYT_LOGIN", raising=False)
+    monkeypatch.delenv("MOBYT_COUNTRY", raising=False)
+    monkeypatch.delenv("MOBYT_ENV_FILE", raising=False)
+    assert Settings.from_env().login == ""
+    (here / ".env").write_text("MOBYT_LOGIN=from-cwd\n")
+    s = Settings.from_env()
+    assert s.login == "from-cwd" and s.country == "FR"  # the parent's MOBYT_COUNTRY was not read either
+
+
+def test_mobyt_env_file_names_the_file_to_read(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("MOBYT_LOGIN=from-cwd\n")
+    (tmp_path / "prod.env").write_text("MOBYT_LOGIN=from-named\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MOBYT_LOGIN", raising=False)
+    monkeypatch.setenv("MOBYT_ENV_FILE", str(tmp_path / "prod.env"))
+    assert Settings.from_env().login == "from-named"
+    monkeypatch.setenv("MOBYT_ENV_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env()
+    assert info.value.variable == "MOBYT_ENV_FILE"
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("MOBYT_API_TOKEN", "short-token-9", "the token is shorter than 24 characters"),
+    ("MOBYT_API_TOKEN", f"{API}, short-token-9", "token 2 of 2 is shorter than 24 characters"),
+    ("MOBYT_WEBHOOK_TOKEN", "short-token-9", "the token is shorter than 24 characters"),
+    ("MOBYT_WEBHOOK_TOKEN", "x" * 23, "the token is shorter than 24 characters"),
+])
+def test_a_token_shorter_than_24_characters_is_refused_without_showing_it(variable, value, message):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({variable: value})
+    assert info.value.variable == variable and info.value.message == message
+    assert "short-token-9" not in str(info.value) and "x" * 23 not in str(info.value)
+
+
+def test_tokens_of_24_characters_are_accepted():
+    s = Settings.from_env({"MOBYT_API_TOKEN": f" {API} ,{API2}", "MOBYT_WEBHOOK_TOKEN": HOOK})
+    assert [t.reveal() for t in s.api_tokens] == [API, API2] and s.webhook_token.reveal() == HOOK
+    assert Settings.from_env({"MOBYT_API_TOKEN": "", "MOBYT_WEBHOOK_TOKEN": " "}).api_tokens == ()

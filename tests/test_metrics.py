@@ -34,7 +34,7 @@ from .producer import bare_client, call
 from .support import wait_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-TOKEN = "metrics-test-token"
+TOKEN = "metrics-test-token-0123456789"
 DLVRD, ERROR = "+33612345670", "+33612345676"
 
 

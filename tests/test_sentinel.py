@@ -17,13 +17,19 @@ from mobyt_worker.store import OrderStore
 from .support import RedisServer, free_port, wait_for
 
 NUMBER = "+33612345670"
+TOKEN = "sentinel-token-0123456789abcdef"
 
 
 def test_parse_sentinel_url():
     assert parse_sentinel_url("sentinel://:pw@h1:26379;sentinel://h2:26380/3") == (
-        [("h1", 26379), ("h2", 26380)], 3, "pw")
+        [("h1", 26379), ("h2", 26380)], 3, None, "pw")
+    assert parse_sentinel_url("sentinel://ops:p%40w@h1:26379;sentinel://ops:p%40w@h2:26379/0") == (
+        [("h1", 26379), ("h2", 26379)], 0, "ops", "p@w")
     with pytest.raises(ValueError):
         parse_sentinel_url("redis://h1:6379")
+    with pytest.raises(ValueError) as info:  # a malformed part is named, never shown: it may hold the password
+        parse_sentinel_url("sentinel://:pw-9q@h1:26379;redis://:pw-9q@h2:26379/0")
+    assert str(info.value) == "part 2 of 2 is not a sentinel://host:port URL"
 
 
 @pytest.fixture
@@ -80,12 +86,12 @@ def test_web_process_starts_and_serves_through_sentinel(sentinel_url, worker_env
     from mobyt_worker.web import create_app
 
     env = {**worker_env, "REDIS_URL": sentinel_url, "MOBYT_REDIS_SENTINEL_MASTER": "mobytmaster",
-           "MOBYT_API_TOKEN": "sentinel-token"}
+           "MOBYT_API_TOKEN": TOKEN}
     rt = Runtime(Settings.from_env(env))
     client = testing.TestClient(create_app(rt))
     assert client.simulate_get("/healthz").json == {"status": "ok", "redis": True}
     answer = client.simulate_post("/v1/sms", json={"recipients": [NUMBER], "message": "hi"},
-                                  headers={"Authorization": "Bearer sentinel-token"})
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 202, answer.text
     assert rt.redis.exists(f"mobyt:api:order:{answer.json['order_id']}")
     rt.close()

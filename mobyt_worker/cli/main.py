@@ -17,7 +17,7 @@ Exit codes:
      after send --direct, the SMS may have gone out: check with `mobyt status ORDER_ID`
 
 Errors are one line on stderr (a JSON object with ``--json``), never a traceback for
-known errors, never the password.
+known errors, never a password or a token.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from .. import errors
-from .operations import cmd_health, cmd_optouts, cmd_resend, optouts_arguments, resend_arguments
+from .operations import cmd_config, cmd_health, cmd_optouts, cmd_resend, optouts_arguments, resend_arguments
 from .orders import batch_arguments, cmd_batch, cmd_order, cmd_orders, orders_arguments
 from .provider import (cmd_credits, cmd_history, cmd_inbox, cmd_simulator, cmd_status, credits_arguments,
                        history_arguments, inbox_arguments, simulator_arguments)
@@ -79,6 +79,7 @@ COMMANDS: dict[str, Command] = {
     "batch": Command("the orders of a bulk send and their totals", batch_arguments, cmd_batch),
     "health": Command("workers, beats, queue, orders awaiting a poll or in doubt, last checks; exit 1 if not ready",
                       lambda p: None, cmd_health),
+    "config": Command("the settings in effect, secrets masked", lambda p: None, cmd_config),
     "resend": Command("send an order left in doubt again, accepting a possible duplicate (tracked)",
                       resend_arguments, cmd_resend),
     "simulator": Command("run the built-in fake provider", simulator_arguments, cmd_simulator),
@@ -121,12 +122,14 @@ def _failure(exc: BaseException) -> tuple[int, dict[str, str]]:
 
 
 def _redact(text: str) -> str:
-    """Last line of defence: no error line ever shows the configured password."""
+    """Last line of defence: no error line ever shows a configured password or token."""
     try:
-        secret = load_settings().password.reveal()
+        secrets = load_settings().secrets()
     except Exception:
         return text
-    return text.replace(secret, "***") if secret else text
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""``health``, ``optouts`` and ``resend``: the operator's view of the fleet and ways out."""
+"""``health``, ``config``, ``optouts`` and ``resend``: the operator's view of the fleet and ways out."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def cmd_health(args: argparse.Namespace) -> int:
     lines.append(table(["figure", "value"], [[k, snapshot[k]] for k in figures]))
     emit(args, snapshot, "\n\n".join(lines))
     return 0 if snapshot["ready"] else 1
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The settings in effect (environment, then ``.env``): secrets as ``***``, URLs without passwords."""
+    shown = load_settings().shown()
+    rows = [[name, json.dumps(value) if isinstance(value, (list, dict)) else value] for name, value in shown.items()]
+    return emit(args, shown, table(["setting", "value"], rows))
 
 
 def optouts_arguments(p: argparse.ArgumentParser) -> None:

@@ -101,7 +101,7 @@ class Stage:
         url, self.private_redis = choose_redis(self.environ, self.workdir, self.say)
         self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
         delete_prefix(self.redis)
-        sim_port, web_port, token = free_port(), free_port(), secrets.token_urlsafe(16)
+        sim_port, web_port, token = free_port(), free_port(), secrets.token_urlsafe(24)
         self.sim_url, self.web_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{web_port}"
         env = child_environment(self.environ, {**SETTINGS, "REDIS_URL": url, "MOBYT_BASE_URL": self.sim_url,
                                                "MOBYT_WEBHOOK_TOKEN": token})
