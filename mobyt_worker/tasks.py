@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 from . import contract, doubt, sms
-from .contract import QUEUE, chunk_order_id, order_id_for_task
+from .contract import QUEUE, chunk_order_id, is_order_id, order_id_for_task
 from .errors import (
     InvalidInput,
     NotReplicated,
@@ -93,7 +93,7 @@ def send_sms(
             return _split_bulk(self, request, batch_id=order_id)
         return _send_once(self, request, order_id, batch_id)  # its claim honours STOP
     except InvalidInput as exc:  # (and RecipientOptedOut): a replayed intent could never be valid either
-        if isinstance(order_id, str) and re.fullmatch(r"[A-Za-z0-9]{1,32}", order_id):
+        if is_order_id(order_id):
             rt.store.mark_failed(order_id, exc, allowed=(QUEUED,))
         raise
 
