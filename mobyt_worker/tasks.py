@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -106,12 +106,7 @@ def _split_bulk(task: MobytTask, request: sms.SendRequest, batch_id: str) -> dic
     chunks = [request.recipients[i:i + size] for i in range(0, len(request.recipients), size)]
     order_ids = [chunk_order_id(batch_id, i) for i in range(len(chunks))]
     sends = [
-        (oid, f"{batch_id}-{oid}", {
-            "recipients": list(chunk), "message": request.message, "message_type": request.message_type,
-            "sender": request.sender, "order_id": oid, "return_credits": request.return_credits,
-            "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
-            "batch_id": batch_id,
-        })
+        (oid, f"{batch_id}-{oid}", replace(request, recipients=tuple(chunk), order_id=oid).task_kwargs(batch_id))
         for oid, chunk in zip(order_ids, chunks)
     ]
     # Each chunk is an intent before its message exists, as a producer's send is: a chunk
@@ -160,7 +155,7 @@ def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_i
         "message_type": request.message_type, "sender": request.sender, "batch_id": batch_id,
         "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
         "parts": request.length.parts, "credits": request.credits, "task_id": task.request.id,
-        "recipient_count": len(request.recipients), "request": json.dumps(_request_kwargs(request, batch_id)),
+        "recipient_count": len(request.recipients), "request": json.dumps(request.task_kwargs(batch_id)),
     }
     if rt.send_limiter is not None:  # wait for a slot before taking the lock, not while holding it
         rt.optouts.check(request.recipients)  # (and spend no slot on a send STOP refuses)
@@ -214,13 +209,6 @@ def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
         log.warning("order %s: not sent, the claim is not on the replicas (%s); retry %d", order_id, exc,
                     task.request.retries + 1)
         raise task.retry(exc=exc, countdown=countdown)
-
-
-def _request_kwargs(request: sms.SendRequest, batch_id: str | None) -> dict[str, Any]:
-    """The send's task kwargs, for an operator's explicit resend (never a secret)."""
-    return {"recipients": list(request.recipients), "message": request.message, "message_type": request.message_type,
-            "sender": request.sender, "order_id": request.order_id, "return_credits": request.return_credits,
-            "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None, "batch_id": batch_id}
 
 
 def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, state: str,
