@@ -27,6 +27,7 @@ from .intents import Intents
 from .keys import Keys
 from .metrics import Metrics
 from .optouts import OptOuts
+from .producer import Producer
 from .ratelimit import RateLimiter
 from .store import OrderStore
 
@@ -35,16 +36,21 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, producer: MobytApp | None = None) -> None:
+    def __init__(self, settings: Settings, *, app: MobytApp | None = None) -> None:
         self.settings = settings
-        if producer is not None:
-            self.__dict__["producer"] = producer
+        if app is not None:
+            self.__dict__["app"] = app
 
     @cached_property
-    def producer(self) -> MobytApp:
+    def app(self) -> MobytApp:
         """The Celery app that enqueues (sends, cancels, MOBYT_EVENT_TASK); workers pass their
         own, others build one on first use."""
-        return create_app(self.settings, intents=self.intents)
+        return create_app(self.settings)
+
+    @cached_property
+    def producer(self) -> Producer:
+        """What enqueues sends: the app, writing each send's intent first."""
+        return Producer(self.app, self.intents)
 
     def record_statuses(self, order_id: str, rows: Sequence[RecipientStatus], *, source: str) -> list[dict[str, Any]] | str:
         """Apply statuses from a poll or a push, then hand each change to MOBYT_EVENT_TASK."""
@@ -57,7 +63,7 @@ class Runtime:
         name = self.settings.event_task
         if name and isinstance(changes, list):
             for change in changes:
-                self.producer.send_task(name, kwargs={"event": change}, queue=self.settings.event_queue)
+                self.app.send_task(name, kwargs={"event": change}, queue=self.settings.event_queue)
         return changes
 
     @cached_property
@@ -127,7 +133,7 @@ def process_runtime(app: MobytApp) -> Runtime:
         with _building:
             current = _process
             if current is None or current[0] != os.getpid():
-                current = _process = (os.getpid(), Runtime(app.settings, producer=app))
+                current = _process = (os.getpid(), Runtime(app.settings, app=app))
     return current[1]
 
 

@@ -47,7 +47,7 @@ def counted(settings, monkeypatch) -> Iterator[Runtime]:
 
     client = connect(settings.redis_url)
     client.connection_pool.connection_class = CountingConnection
-    rt = Runtime(settings, producer=app)
+    rt = Runtime(settings, app=app)
     rt.__dict__["redis"] = client
     monkeypatch.setattr(runtime, "_process", (os.getpid(), rt))  # what process_runtime hands every task
     yield rt
