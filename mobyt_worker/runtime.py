@@ -2,8 +2,9 @@
 
 Workers, the web receiver and the CLI each build one :class:`Runtime` from their
 settings; the HTTP connection pool and the Redis connection pool are created once per
-process (never per task) and shared by all threads. In workers, tasks reach it as
-``self.runtime`` (:class:`MobytTask`); signal handlers through :func:`process_runtime`.
+process (never per task) and shared by all threads. In workers and beat the app owns it
+(:class:`WorkerApp`): tasks reach it as ``self.runtime`` (:class:`MobytTask`), signal
+handlers through the app they serve.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import redis
 from celery import Task
 
-from .celeryapp import MobytApp, create_app
+from .celeryapp import MobytApp, configure, create_app
 from .client import MobytClient
 from .config import Settings
 from .connection import connect
@@ -120,30 +121,38 @@ class Runtime:
             self.redis.close()
 
 
-_process: tuple[int, Runtime] | None = None
-_building = threading.Lock()
+class WorkerApp(MobytApp):
+    """The app of the worker and beat processes (worker.py). It owns the process's Runtime,
+    built from its settings on first use, and again in a forked child (Redis and HTTP
+    pools, and metrics threads, do not survive a fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._runtime: tuple[int, Runtime] | None = None
+        self._building = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        current = self._runtime
+        if current is None or current[0] != os.getpid():
+            with self._building:
+                current = self._runtime
+                if current is None or current[0] != os.getpid():
+                    current = self._runtime = (os.getpid(), Runtime(self.settings, app=self))
+        return current[1]
 
 
-def process_runtime(app: MobytApp) -> Runtime:
-    """The Runtime of this process, built from the app's settings on first use, and again
-    in a forked child (Redis and HTTP pools, and metrics threads, do not survive a fork)."""
-    global _process
-    current = _process
-    if current is None or current[0] != os.getpid():
-        with _building:
-            current = _process
-            if current is None or current[0] != os.getpid():
-                current = _process = (os.getpid(), Runtime(app.settings, app=app))
-    return current[1]
+def create_worker_app(settings: Settings) -> WorkerApp:
+    return configure(WorkerApp(settings))
 
 
 class MobytTask(Task):
     """Base of every task of ours (``@app.task(base=MobytTask, bind=True)``): ``self.runtime``
-    is the per-process Runtime, shared by every task and thread of the process."""
+    is the per-process Runtime of its app, shared by every task and thread of the process."""
 
     @property
     def runtime(self) -> Runtime:
         app = self.app
-        if not isinstance(app, MobytApp):
-            raise TypeError("mobyt tasks run on the app of mobyt_worker.worker (celeryapp.create_app)")
-        return process_runtime(app)
+        if not isinstance(app, WorkerApp):
+            raise TypeError("mobyt tasks run on the app of mobyt_worker.worker (runtime.create_worker_app)")
+        return app.runtime
