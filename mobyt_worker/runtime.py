@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .optouts import OptOuts
 from .producer import Producer
 from .ratelimit import RateLimiter
+from .replicas import Replicas
 from .store import OrderStore
 
 if TYPE_CHECKING:
@@ -80,8 +81,13 @@ class Runtime:
     @cached_property
     def intents(self) -> Intents:
         s = self.settings
-        return Intents(self.redis, s.key_prefix, ttl=s.order_ttl, replay_after=s.replay_after,
-                       wait_replicas=s.redis_wait_replicas, wait_timeout=s.redis_wait_timeout)
+        return Intents(self.redis, s.key_prefix, ttl=s.order_ttl, replay_after=s.replay_after, replicas=self.replicas)
+
+    @cached_property
+    def replicas(self) -> Replicas:
+        """MOBYT_REDIS_WAIT_REPLICAS: the writes a failover must not lose (intents, send claims)."""
+        s = self.settings
+        return Replicas(self.redis, s.redis_wait_replicas, s.redis_wait_timeout)
 
     @cached_property
     def optouts(self) -> OptOuts:

@@ -199,7 +199,7 @@ def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
     rt = task.runtime
     store, s = rt.store, rt.settings
     try:
-        rt.intents.replicas.require(store.keys.order(order_id), "attempt_token", token)
+        rt.replicas.require(store.keys.order(order_id), "attempt_token", token)
     except NotReplicated as exc:
         countdown = _backoff(task.request.retries, s.send_retry_max)
         store.mark_unsent(order_id, exc, token)
