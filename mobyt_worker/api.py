@@ -8,7 +8,7 @@ Redis under a hash of the token); past it: 429 with ``Retry-After``.
 
 ``POST /v1/sms`` validates exactly as ``mobyt.send_sms`` does (same function, same
 defaults, opt-outs) before anything is enqueued, then enqueues through
-:func:`mobyt_worker.producer.send_sms`. The order id is the body's ``order_id``, else
+:meth:`mobyt_worker.producer.Producer.enqueue`. The order id is the body's ``order_id``, else
 derived from the token and the ``Idempotency-Key`` header, else new. The first request
 for an order id takes ``P:api:order:ID`` (``SET NX``, holding a hash of the body); a
 repeat finds it and answers the same order without enqueuing again (409 if its body
@@ -153,9 +153,7 @@ class Sms:
                           "links": links(order_id, bulk)}, 202)
             return
         try:
-            producer.send_sms(rt.producer, list(request.recipients), request.message, sender=request.sender,
-                              message_type=request.message_type, scheduled_at=request.scheduled_at,
-                              order_id=order_id, return_credits=request.return_credits)
+            rt.producer.enqueue(request)
         except Exception as exc:
             rt.redis.delete(key)
             raise Problem(503, f"not enqueued ({type(exc).__name__}); retry with the same order id") from None

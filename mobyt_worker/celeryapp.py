@@ -9,37 +9,52 @@ given without its credentials, which go in its options.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+from celery import Celery
 
 from . import broker, contract, kombu_fix
 from .config import Settings
-from .connection import connect, parse_sentinel_url, resilient_options, split_credentials
+from .connection import parse_sentinel_url, resilient_options, split_credentials
 from .contract import QUEUE
-from .intents import Intents
 from .keys import Keys
-from .producer import Producer
 
 
-class MobytApp(Producer):
-    """The workers' Celery app. It carries the Settings it was built from: each process
-    builds its Runtime from them (runtime.MobytTask), and its sends' intents go to the
-    store those settings name."""
+class PublishingApp(Celery):
+    """A Celery app that subscribes to a task's result when it is awaited, not when the
+    task is sent: what every app of ours that enqueues is (workers, web, CLI, producers)."""
 
-    def __init__(self, settings: Settings, *, intents: Intents | None = None) -> None:
-        super().__init__("mobyt", include=["mobyt_worker.tasks"], intents=intents)
+    def _get_backend(self) -> Any:
+        """Celery's Redis result backend subscribes to a task's result as the task is sent,
+        whether or not anyone waits for it: a round trip per send, and with the result
+        store's pubsub gone, a RuntimeError after the intent is written. ``AsyncResult.get``
+        subscribes when it is called, then reads the stored result: that is enough."""
+        backend = super()._get_backend()
+        backend.on_task_call = lambda producer, task_id: None
+        return backend
+
+
+class MobytApp(PublishingApp):
+    """The workers' Celery app, carrying the Settings it was built from."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("mobyt", include=["mobyt_worker.tasks"])
         self.settings = settings
 
-    def _new_intents(self) -> Intents:
-        s = self.settings
-        return Intents(connect(s.redis_url, sentinel_master=s.sentinel_master), s.key_prefix,
-                       ttl=s.order_ttl, replay_after=s.replay_after)
+
+AppT = TypeVar("AppT", bound=MobytApp)
 
 
-def create_app(settings: Settings, *, intents: Intents | None = None) -> MobytApp:
-    """The app of the workers and beat, and of any process that enqueues to them with the
-    same settings (web, CLI). ``intents``: an existing store for its sends' intents."""
+def create_app(settings: Settings) -> MobytApp:
+    """The app of any process that enqueues to the workers with their settings (web, CLI)."""
+    return configure(MobytApp(settings))
+
+
+def configure(app: AppT) -> AppT:
+    """Configure ``app`` from the settings it carries, for the workers and beat and for
+    every process that enqueues to them."""
     kombu_fix.apply()  # a channel closed while Redis restarts must not stop the worker
-    app = MobytApp(settings, intents=intents)
+    settings = app.settings
     vt = settings.visibility_timeout
     app.conf.update(
         broker_url=settings.broker_url or settings.redis_url,

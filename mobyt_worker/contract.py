@@ -24,6 +24,16 @@ RECONCILE_INBOX = "mobyt.reconcile_inbox"
 CHECK_CREDITS = "mobyt.check_credits"
 REPLAY_INTENTS = "mobyt.replay_intents"
 
+#: The provider's order id: 1 to 32 ASCII letters or digits. It truncates longer ids
+#: without a word, which would make the order untrackable, so everything refuses them
+#: (sms.py, the API's schema, the simulator).
+ORDER_ID_PATTERN = "[A-Za-z0-9]{1,32}"
+_ORDER_ID = re.compile(ORDER_ID_PATTERN)
+
+
+def is_order_id(value: object) -> bool:
+    return isinstance(value, str) and _ORDER_ID.fullmatch(value) is not None
+
 
 class SendSmsArgs(TypedDict, total=False):
     """Keyword arguments of ``mobyt.send_sms`` (``recipients`` and ``message`` required)."""
@@ -77,7 +87,7 @@ def order_id_for_task(task_id: str) -> str:
     """The order id ``mobyt.send_sms`` derives when none is given: a provider-valid id
     (≤32 alphanumerics) that every redelivery of the task shares."""
     plain = task_id.replace("-", "")
-    if re.fullmatch(r"[A-Za-z0-9]{1,32}", plain):
+    if is_order_id(plain):
         return plain
     return hashlib.sha256(task_id.encode()).hexdigest()[:32]
 

@@ -42,19 +42,19 @@ class Intent:
 
 class Intents:
     def __init__(self, client: redis.Redis, prefix: str, *, ttl: int, replay_after: float,
-                 wait_replicas: int = 0, wait_timeout: float = 1.0) -> None:
+                 replicas: Replicas | None = None) -> None:
         self.redis = client
         self.keys = Keys(prefix)
         self.ttl = ttl
         self.replay_after = replay_after
-        self.replicas = Replicas(client, wait_replicas, wait_timeout)
+        self.replicas = replicas
         self._record = scripts.register(client, "record_intent")
 
     def record(self, order_id: str, task_id: str, kwargs: Mapping[str, Any], *, now: float | None = None) -> str:
         """Write the intent before publishing; returns the order's state (``queued``, or
-        the state of an order already past it, which is left untouched). With
-        ``wait_replicas``, raises :class:`NotReplicated` when too few replicas have a new
-        intent: do not publish; it may still be replayed, so retry with the same order id."""
+        the state of an order already past it, which is left untouched). With ``replicas``,
+        raises :class:`NotReplicated` when too few replicas have a new intent: do not
+        publish; it may still be replayed, so retry with the same order id."""
         now = time.time() if now is None else now
         fields: dict[str, Any] = {
             "order_id": order_id, "created_at": now_iso(now), "task_id": task_id,
@@ -71,7 +71,8 @@ class Intents:
             keys=[self.keys.order(order_id), self.keys.orders, self.keys.intents],
             args=[order_id, now, now + self.replay_after, self.ttl, json.dumps(flat)],
         ))
-        if state == QUEUED:  # a message published for an intent a failover loses is lost with it
+        # a message published for an intent a failover loses is lost with it
+        if state == QUEUED and self.replicas is not None:
             self.replicas.require(self.keys.order(order_id), "task_id", task_id)
         return state
 

@@ -11,9 +11,10 @@ from typing import Any
 
 from . import __version__
 from .config import Settings
+from .contract import ORDER_ID_PATTERN
 from .webio import ERROR_SCHEMA
 
-ORDER_ID = {"type": "string", "pattern": "^[A-Za-z0-9]{1,32}$"}
+ORDER_ID = {"type": "string", "pattern": f"^{ORDER_ID_PATTERN}$"}
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 

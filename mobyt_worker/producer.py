@@ -9,15 +9,15 @@ the workers' beat job, so an accepted send is never lost::
 
     from mobyt_worker.producer import connect, send_sms
 
-    app = connect("redis://redis.internal:6379/0")   # or amqp://..., redis_url="redis://..."
-    sent = send_sms(app, ["+33612345678"], "Your code is 1234", sender="ACME")
+    producer = connect("redis://redis.internal:6379/0")   # or amqp://..., redis_url="redis://..."
+    sent = send_sms(producer, ["+33612345678"], "Your code is 1234", sender="ACME")
     sent.order_id        # ask `mobyt order <id>` or read mobyt:order:<id> in Redis
     sent.result.get()    # optional: {"order_id", "recipients", "credits", "status"}
 
 The same call with Celery alone (no intent: a message lost by the broker is lost)::
 
-    app.send_task("mobyt.send_sms", queue="mobyt",
-                  kwargs={"recipients": ["+33612345678"], "message": "hi", "sender": "ACME"})
+    producer.send_task("mobyt.send_sms", queue="mobyt",
+                       kwargs={"recipients": ["+33612345678"], "message": "hi", "sender": "ACME"})
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
 from . import broker, sms
+from .celeryapp import PublishingApp
 from .connection import connect as connect_redis
-from .contract import QUEUE, SEND_SMS
+from .contract import QUEUE, SEND_SMS, SendSmsArgs
 from .intents import Intents
 
 log = logging.getLogger(__name__)
@@ -48,46 +49,53 @@ ORDER_TTL = 30 * 24 * 3600
 REPLAY_AFTER = 120.0
 
 
-class Producer(Celery):
-    """A Celery app that enqueues sends and knows where their intents go: the workers'
-    Redis (given, or built on first use; without one, its Redis broker's)."""
-
-    def __init__(self, *args: Any, intents: Intents | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._intents = intents
-
-    def _get_backend(self) -> Any:
-        """Celery's Redis result backend subscribes to a task's result as the task is sent,
-        whether or not anyone waits for it: a round trip per send, and with the result
-        store's pubsub gone, a RuntimeError after the intent is written. ``AsyncResult.get``
-        subscribes when it is called, then reads the stored result: that is enough."""
-        backend = super()._get_backend()
-        backend.on_task_call = lambda producer, task_id: None
-        return backend
-
-    @property
-    def intents(self) -> Intents:
-        if self._intents is None:
-            self._intents = self._new_intents()
-        return self._intents
-
-    def _new_intents(self) -> Intents:
-        return _intents_at(str(self.conf.broker_url or ""))
-
-
 @dataclass(frozen=True)
 class Enqueued:
     order_id: str
     result: AsyncResult
 
 
+class Producer:
+    """What enqueues sends: a Celery app to publish them, and the store their intents are
+    written to first (the workers' Redis)."""
+
+    def __init__(self, app: Celery, intents: Intents) -> None:
+        self.app = app
+        self.intents = intents
+
+    def send_task(self, name: str, **options: Any) -> AsyncResult:
+        """Any task by name (an app from :func:`connect` sends every name to the workers' queue)."""
+        return self.app.send_task(name, **options)
+
+    def enqueue(self, request: sms.SendRequest) -> Enqueued:
+        """A send validated with the workers' own settings (the HTTP API, the CLI): its
+        task kwargs are exactly the request."""
+        order_id = request.order_id or new_order_id()
+        return self.publish(order_id, {**request.task_kwargs(), "order_id": order_id})
+
+    def publish(self, order_id: str, kwargs: SendSmsArgs) -> Enqueued:
+        """Write the intent, then publish ``mobyt.send_sms`` as task ``send-ORDER_ID``."""
+        task_id = f"send-{order_id}"
+        self.intents.record(order_id, task_id, kwargs)
+        try:
+            result = self.app.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE, task_id=task_id)
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            # The intent is written: the workers' replay job publishes this very task (same id)
+            # within MOBYT_REPLAY_AFTER. Raising would invite a retry under a new order id,
+            # which would be a second send.
+            log.warning("order %s: recorded, but publishing failed (%s); the replay job will publish it",
+                        order_id, type(exc).__name__)
+            result = self.app.AsyncResult(task_id)
+        return Enqueued(order_id=order_id, result=result)
+
+
 def connect(broker_url: str, *, backend_url: str | None = None, redis_url: str | None = None,
             key_prefix: str = "mobyt", order_ttl: int = ORDER_TTL, replay_after: float = REPLAY_AFTER,
             broker_key_prefix: str | None = None) -> Producer:
-    """A producer-only Celery app speaking JSON to the workers' broker. ``redis_url`` is
-    the workers' REDIS_URL (default: the broker's URL when it is Redis), where intents go.
+    """A producer speaking JSON to the workers' broker. ``redis_url`` is the workers'
+    REDIS_URL (default: the broker's URL when it is Redis), where intents go.
 
-    Every task name goes to the workers' queue, so ``app.send_task("mobyt.check_credits")``
+    Every task name goes to the workers' queue, so ``producer.send_task("mobyt.check_credits")``
     needs no ``queue=``. ``broker_key_prefix`` (default: ``MOBYT_BROKER_KEY_PREFIX``) must
     match the workers', or messages land under keys no worker reads.
     """
@@ -96,14 +104,14 @@ def connect(broker_url: str, *, backend_url: str | None = None, redis_url: str |
         raise ValueError("redis_url: the workers' REDIS_URL is required with an amqp:// broker")
     intents = Intents(connect_redis(redis_url), key_prefix, ttl=order_ttl, replay_after=replay_after)
     backend_url = backend_url or redis_url
-    app = Producer("mobyt-producer", broker=broker_url, backend=backend_url, intents=intents)
+    app = PublishingApp("mobyt-producer", broker=broker_url, backend=backend_url)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                     task_default_queue=QUEUE, **broker.options(broker_url), **broker.backend_options(backend_url))
     prefix = os.environ.get("MOBYT_BROKER_KEY_PREFIX", "") if broker_key_prefix is None else broker_key_prefix
     if prefix:
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "global_keyprefix": prefix}
         app.conf.result_backend_transport_options = {"global_keyprefix": prefix}
-    return app
+    return Producer(app, intents)
 
 
 @cache
@@ -120,7 +128,7 @@ def new_order_id() -> str:
 
 
 def send_sms(
-    app: Celery,
+    app: Producer | Celery,
     recipients: Sequence[str] | str,
     message: str,
     *,
@@ -132,8 +140,10 @@ def send_sms(
     country: str = "FR",
 ) -> Enqueued:
     """Validate, write the intent, enqueue ``mobyt.send_sms``; the workers send it exactly
-    once. ``country`` reads national numbers (set it to the workers' MOBYT_COUNTRY)."""
+    once. ``country`` reads national numbers (set it to the workers' MOBYT_COUNTRY). The
+    task gets the arguments as given: the workers fill in their own defaults."""
     order_id = order_id or new_order_id()
+    given = recipients if isinstance(recipients, str) else list(recipients)  # the task splits commas
     if isinstance(scheduled_at, datetime):
         scheduled_at = scheduled_at.isoformat()
     # Bad input fails here, naming the field, before anything is written or queued. The
@@ -141,30 +151,13 @@ def send_sms(
     if message_type is not None:
         sms.validate_message_type(message_type)
     sms.build_send_request(  # 'L' needs no sender: the workers may fill in their default
-        recipients=recipients if isinstance(recipients, str) else list(recipients), message=message,
+        recipients=given, message=message,
         message_type="L" if sender is None else message_type or "L", sender=sender,
         scheduled_at=scheduled_at, order_id=order_id, return_credits=return_credits, country=country,
         tz=ZoneInfo("Europe/Paris"), now=datetime.now(timezone.utc),
     )
-    kwargs = {
-        "recipients": recipients if isinstance(recipients, str) else list(recipients),  # the task splits commas
-        "message": message,
-        "sender": sender,
-        "message_type": message_type,
-        "scheduled_at": scheduled_at,
-        "order_id": order_id,
-        "return_credits": return_credits,
-    }
-    task_id = f"send-{order_id}"
-    intents = app.intents if isinstance(app, Producer) else _intents_at(str(app.conf.broker_url or ""))
-    intents.record(order_id, task_id, kwargs)
-    try:
-        result = app.send_task(SEND_SMS, kwargs=kwargs, queue=QUEUE, task_id=task_id)
-    except (OperationalError, redis.RedisError, OSError) as exc:
-        # The intent is written: the workers' replay job publishes this very task (same id)
-        # within MOBYT_REPLAY_AFTER. Raising would invite a retry under a new order id,
-        # which would be a second send.
-        log.warning("order %s: recorded, but publishing failed (%s); the replay job will publish it",
-                    order_id, type(exc).__name__)
-        result = app.AsyncResult(task_id)
-    return Enqueued(order_id=order_id, result=result)
+    producer = app if isinstance(app, Producer) else Producer(app, _intents_at(str(app.conf.broker_url or "")))
+    return producer.publish(order_id, SendSmsArgs(
+        recipients=given, message=message, sender=sender, message_type=message_type, scheduled_at=scheduled_at,
+        order_id=order_id, return_credits=return_credits,
+    ))

@@ -2,8 +2,9 @@
 
 Workers, the web receiver and the CLI each build one :class:`Runtime` from their
 settings; the HTTP connection pool and the Redis connection pool are created once per
-process (never per task) and shared by all threads. In workers, tasks reach it as
-``self.runtime`` (:class:`MobytTask`); signal handlers through :func:`process_runtime`.
+process (never per task) and shared by all threads. In workers and beat the app owns it
+(:class:`WorkerApp`): tasks reach it as ``self.runtime`` (:class:`MobytTask`), signal
+handlers through the app they serve.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import redis
 from celery import Task
 
-from .celeryapp import MobytApp, create_app
+from .celeryapp import MobytApp, configure, create_app
 from .client import MobytClient
 from .config import Settings
 from .connection import connect
@@ -27,7 +28,9 @@ from .intents import Intents
 from .keys import Keys
 from .metrics import Metrics
 from .optouts import OptOuts
+from .producer import Producer
 from .ratelimit import RateLimiter
+from .replicas import Replicas
 from .store import OrderStore
 
 if TYPE_CHECKING:
@@ -35,16 +38,21 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, producer: MobytApp | None = None) -> None:
+    def __init__(self, settings: Settings, *, app: MobytApp | None = None) -> None:
         self.settings = settings
-        if producer is not None:
-            self.__dict__["producer"] = producer
+        if app is not None:
+            self.__dict__["app"] = app
 
     @cached_property
-    def producer(self) -> MobytApp:
+    def app(self) -> MobytApp:
         """The Celery app that enqueues (sends, cancels, MOBYT_EVENT_TASK); workers pass their
         own, others build one on first use."""
-        return create_app(self.settings, intents=self.intents)
+        return create_app(self.settings)
+
+    @cached_property
+    def producer(self) -> Producer:
+        """What enqueues sends: the app, writing each send's intent first."""
+        return Producer(self.app, self.intents)
 
     def record_statuses(self, order_id: str, rows: Sequence[RecipientStatus], *, source: str) -> list[dict[str, Any]] | str:
         """Apply statuses from a poll or a push, then hand each change to MOBYT_EVENT_TASK."""
@@ -57,7 +65,7 @@ class Runtime:
         name = self.settings.event_task
         if name and isinstance(changes, list):
             for change in changes:
-                self.producer.send_task(name, kwargs={"event": change}, queue=self.settings.event_queue)
+                self.app.send_task(name, kwargs={"event": change}, queue=self.settings.event_queue)
         return changes
 
     @cached_property
@@ -73,8 +81,13 @@ class Runtime:
     @cached_property
     def intents(self) -> Intents:
         s = self.settings
-        return Intents(self.redis, s.key_prefix, ttl=s.order_ttl, replay_after=s.replay_after,
-                       wait_replicas=s.redis_wait_replicas, wait_timeout=s.redis_wait_timeout)
+        return Intents(self.redis, s.key_prefix, ttl=s.order_ttl, replay_after=s.replay_after, replicas=self.replicas)
+
+    @cached_property
+    def replicas(self) -> Replicas:
+        """MOBYT_REDIS_WAIT_REPLICAS: the writes a failover must not lose (intents, send claims)."""
+        s = self.settings
+        return Replicas(self.redis, s.redis_wait_replicas, s.redis_wait_timeout)
 
     @cached_property
     def optouts(self) -> OptOuts:
@@ -114,30 +127,38 @@ class Runtime:
             self.redis.close()
 
 
-_process: tuple[int, Runtime] | None = None
-_building = threading.Lock()
+class WorkerApp(MobytApp):
+    """The app of the worker and beat processes (worker.py). It owns the process's Runtime,
+    built from its settings on first use, and again in a forked child (Redis and HTTP
+    pools, and metrics threads, do not survive a fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._runtime: tuple[int, Runtime] | None = None
+        self._building = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        current = self._runtime
+        if current is None or current[0] != os.getpid():
+            with self._building:
+                current = self._runtime
+                if current is None or current[0] != os.getpid():
+                    current = self._runtime = (os.getpid(), Runtime(self.settings, app=self))
+        return current[1]
 
 
-def process_runtime(app: MobytApp) -> Runtime:
-    """The Runtime of this process, built from the app's settings on first use, and again
-    in a forked child (Redis and HTTP pools, and metrics threads, do not survive a fork)."""
-    global _process
-    current = _process
-    if current is None or current[0] != os.getpid():
-        with _building:
-            current = _process
-            if current is None or current[0] != os.getpid():
-                current = _process = (os.getpid(), Runtime(app.settings, producer=app))
-    return current[1]
+def create_worker_app(settings: Settings) -> WorkerApp:
+    return configure(WorkerApp(settings))
 
 
 class MobytTask(Task):
     """Base of every task of ours (``@app.task(base=MobytTask, bind=True)``): ``self.runtime``
-    is the per-process Runtime, shared by every task and thread of the process."""
+    is the per-process Runtime of its app, shared by every task and thread of the process."""
 
     @property
     def runtime(self) -> Runtime:
         app = self.app
-        if not isinstance(app, MobytApp):
-            raise TypeError("mobyt tasks run on the app of mobyt_worker.worker (celeryapp.create_app)")
-        return process_runtime(app)
+        if not isinstance(app, WorkerApp):
+            raise TypeError("mobyt tasks run on the app of mobyt_worker.worker (runtime.create_worker_app)")
+        return app.runtime

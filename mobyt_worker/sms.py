@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import phonenumbers
 
+from mobyt_worker.contract import SendSmsArgs, is_order_id
 from mobyt_worker.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -67,7 +68,6 @@ TRANSLITERATIONS: Mapping[str, str] = MappingProxyType({
 })
 
 _SENDER = re.compile(r"[A-Za-z0-9]{1,11}")
-_ORDER_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 _PHONE = re.compile(r"\+?[0-9]+")
 _SEPARATORS = re.compile(r"[\s.\-()]")
 
@@ -165,7 +165,7 @@ def validate_message_type(value: str) -> str:
 def validate_order_id(value: str) -> str:
     """1..32 ASCII letters/digits: the provider silently truncates longer ids,
     which would make the order untrackable, so they are refused."""
-    if not isinstance(value, str) or not _ORDER_ID.fullmatch(value):
+    if not is_order_id(value):
         raise InvalidInput("order_id", "must be 1 to 32 letters or digits [A-Za-z0-9]")
     return value
 
@@ -276,6 +276,15 @@ class SendRequest:
     @property
     def credits(self) -> int:
         return estimate_credits(self.length, len(self.recipients))
+
+    def task_kwargs(self, batch_id: str | None = None) -> SendSmsArgs:
+        """The ``mobyt.send_sms`` arguments that make exactly this send: what its intent and
+        its order record keep, and what a replay or an operator's resend publishes."""
+        return SendSmsArgs(
+            recipients=list(self.recipients), message=self.message, message_type=self.message_type,
+            sender=self.sender, order_id=self.order_id, return_credits=self.return_credits,
+            scheduled_at=self.scheduled_at.isoformat() if self.scheduled_at else None, batch_id=batch_id,
+        )
 
     def __repr__(self) -> str:  # numbers masked and text left out: reprs end up in logs
         numbers = ", ".join(mask_number(n) for n in self.recipients)

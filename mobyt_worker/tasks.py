@@ -15,12 +15,12 @@ import logging
 import random
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any, cast
 
 from . import contract, doubt, sms
-from .contract import QUEUE, chunk_order_id, order_id_for_task
+from .contract import QUEUE, chunk_order_id, is_order_id, order_id_for_task
 from .errors import (
     InvalidInput,
     NotReplicated,
@@ -93,7 +93,7 @@ def send_sms(
             return _split_bulk(self, request, batch_id=order_id)
         return _send_once(self, request, order_id, batch_id)  # its claim honours STOP
     except InvalidInput as exc:  # (and RecipientOptedOut): a replayed intent could never be valid either
-        if isinstance(order_id, str) and re.fullmatch(r"[A-Za-z0-9]{1,32}", order_id):
+        if is_order_id(order_id):
             rt.store.mark_failed(order_id, exc, allowed=(QUEUED,))
         raise
 
@@ -106,12 +106,7 @@ def _split_bulk(task: MobytTask, request: sms.SendRequest, batch_id: str) -> dic
     chunks = [request.recipients[i:i + size] for i in range(0, len(request.recipients), size)]
     order_ids = [chunk_order_id(batch_id, i) for i in range(len(chunks))]
     sends = [
-        (oid, f"{batch_id}-{oid}", {
-            "recipients": list(chunk), "message": request.message, "message_type": request.message_type,
-            "sender": request.sender, "order_id": oid, "return_credits": request.return_credits,
-            "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
-            "batch_id": batch_id,
-        })
+        (oid, f"{batch_id}-{oid}", replace(request, recipients=tuple(chunk), order_id=oid).task_kwargs(batch_id))
         for oid, chunk in zip(order_ids, chunks)
     ]
     # Each chunk is an intent before its message exists, as a producer's send is: a chunk
@@ -160,7 +155,7 @@ def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_i
         "message_type": request.message_type, "sender": request.sender, "batch_id": batch_id,
         "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
         "parts": request.length.parts, "credits": request.credits, "task_id": task.request.id,
-        "recipient_count": len(request.recipients), "request": json.dumps(_request_kwargs(request, batch_id)),
+        "recipient_count": len(request.recipients), "request": json.dumps(request.task_kwargs(batch_id)),
     }
     if rt.send_limiter is not None:  # wait for a slot before taking the lock, not while holding it
         rt.optouts.check(request.recipients)  # (and spend no slot on a send STOP refuses)
@@ -204,7 +199,7 @@ def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
     rt = task.runtime
     store, s = rt.store, rt.settings
     try:
-        rt.intents.replicas.require(store.keys.order(order_id), "attempt_token", token)
+        rt.replicas.require(store.keys.order(order_id), "attempt_token", token)
     except NotReplicated as exc:
         countdown = _backoff(task.request.retries, s.send_retry_max)
         store.mark_unsent(order_id, exc, token)
@@ -214,13 +209,6 @@ def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
         log.warning("order %s: not sent, the claim is not on the replicas (%s); retry %d", order_id, exc,
                     task.request.retries + 1)
         raise task.retry(exc=exc, countdown=countdown)
-
-
-def _request_kwargs(request: sms.SendRequest, batch_id: str | None) -> dict[str, Any]:
-    """The send's task kwargs, for an operator's explicit resend (never a secret)."""
-    return {"recipients": list(request.recipients), "message": request.message, "message_type": request.message_type,
-            "sender": request.sender, "order_id": request.order_id, "return_credits": request.return_credits,
-            "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None, "batch_id": batch_id}
 
 
 def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, state: str,

@@ -132,9 +132,9 @@ class Callbacks:
 
 def add_routes(app: falcon.App, runtime: Runtime) -> None:
     """The callback routes, when ``MOBYT_WEBHOOK_TOKEN`` is set."""
-    token = runtime.settings.webhook_token.reveal()
+    token = runtime.settings.webhook_token
     if token:
-        app.add_route("/callbacks/{token}/{kind}", Callbacks(runtime, token))
+        app.add_route("/callbacks/{token}/{kind}", Callbacks(runtime, token.reveal()))
 
 
 # --- parsing and validation ---------------------------------------------------------------

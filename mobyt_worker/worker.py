@@ -24,13 +24,12 @@ from celery.signals import (
 )
 
 from . import contract, logs
-from .celeryapp import create_app
 from .config import Settings
 from .contract import QUEUE, order_id_for_task
 from .heartbeat import Heartbeat
-from .runtime import MobytTask, Runtime, process_runtime
+from .runtime import MobytTask, Runtime, create_worker_app
 
-app = create_app(Settings.from_env())
+app = create_worker_app(Settings.from_env())
 
 
 # --- structured logs (see logs.py): task and order ids on every line, numbers masked ---------
@@ -61,8 +60,8 @@ def _clear_log_context(**_: object) -> None:
 
 
 def _runtime_of(sender: object) -> Runtime:
-    """The runtime of the task that sent the signal (the same per-process one for all)."""
-    return sender.runtime if isinstance(sender, MobytTask) else process_runtime(app)
+    """The runtime of the task that sent the signal (the app's per-process one for all)."""
+    return sender.runtime if isinstance(sender, MobytTask) else app.runtime
 
 
 @task_success.connect
@@ -86,7 +85,7 @@ _heartbeats: list[Heartbeat] = []
 
 
 def _heartbeat(kind: str, queues: str = "", holds_lock: Callable[[], bool] | None = None) -> Heartbeat:
-    rt = process_runtime(app)
+    rt = app.runtime
     beat = Heartbeat(rt.redis, rt.settings.key_prefix, kind, interval=rt.settings.heartbeat_interval,
                      queues=queues, holds_lock=holds_lock)
     _heartbeats.append(beat.start())

@@ -42,14 +42,13 @@ class CountingConnection(redis.Connection):
 @pytest.fixture
 def counted(settings, monkeypatch) -> Iterator[Runtime]:
     """The worker app's per-process Runtime, with its Redis client counting round trips."""
-    from mobyt_worker import runtime
     from mobyt_worker.worker import app
 
     client = connect(settings.redis_url)
     client.connection_pool.connection_class = CountingConnection
-    rt = Runtime(settings, producer=app)
+    rt = Runtime(settings, app=app)
     rt.__dict__["redis"] = client
-    monkeypatch.setattr(runtime, "_process", (os.getpid(), rt))  # what process_runtime hands every task
+    monkeypatch.setattr(app, "_runtime", (os.getpid(), rt))  # what app.runtime hands every task
     yield rt
     rt.close()
 

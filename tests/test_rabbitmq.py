@@ -38,9 +38,9 @@ def test_sends_through_rabbitmq_are_sent_once_and_tracked_in_redis(redis_url, vh
     env = {"MOBYT_BROKER_URL": vhost.url}
     start_process("worker", env=env)
     start_process("beat", env=env)
-    app = connect(vhost.url, redis_url=redis_url)
-    assert app.conf.broker_transport_options == {"confirm_publish": True}
-    sent = [send_sms(app, [NUMBER], f"via rabbit {i}", sender="ACME") for i in range(3)]
+    producer = connect(vhost.url, redis_url=redis_url)
+    assert producer.app.conf.broker_transport_options == {"confirm_publish": True}
+    sent = [send_sms(producer, [NUMBER], f"via rabbit {i}", sender="ACME") for i in range(3)]
     assert {e.result.get(timeout=30)["status"] for e in sent} == {"accepted"}  # results: Redis
     store = OrderStore(connect_redis(redis_url), "mobyt")
     for e in sent:

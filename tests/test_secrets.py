@@ -74,8 +74,8 @@ def test_a_plain_rediss_url_verifies_the_certificate_everywhere():
     assert get_redis(app).wrapped_connection.connection_pool.make_connection().cert_reqs == ssl.CERT_REQUIRED
     assert connect(url).connection_pool.make_connection().cert_reqs == ssl.CERT_REQUIRED
     made = producer(url)
-    assert made.connection_for_write().ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    assert made.backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert made.app.connection_for_write().ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert made.app.backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
 
 
 def test_a_rediss_url_s_own_ssl_parameters_win():

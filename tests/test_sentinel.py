@@ -114,11 +114,12 @@ def test_wait_replicas_setting_is_validated():
 def test_an_intent_no_replica_acknowledged_is_refused(redis_url):
     from mobyt_worker.errors import NotReplicated
     from mobyt_worker.intents import Intents
+    from mobyt_worker.replicas import Replicas
 
     client = connect(redis_url)
     kwargs = {"recipients": [NUMBER], "message": "hi", "order_id": "NOREPLICA1"}
     with pytest.raises(NotReplicated) as refused:
-        Intents(client, "mobyt", ttl=60, replay_after=60, wait_replicas=1, wait_timeout=0.05).record(
+        Intents(client, "mobyt", ttl=60, replay_after=60, replicas=Replicas(client, 1, 0.05)).record(
             "NOREPLICA1", "send-NOREPLICA1", kwargs)
     assert (refused.value.acknowledged, refused.value.wanted) == (0, 1)
     assert Intents(client, "mobyt", ttl=60, replay_after=60).record("NOREPLICA2", "send-NOREPLICA2", kwargs) == "queued"

@@ -551,3 +551,14 @@ def test_build_send_request_raises_the_first_bad_field(index: int) -> None:
 def test_build_send_request_policy_and_return_credits() -> None:
     refused("message", build, message="l’été", non_gsm="reject")
     refused("return_credits", build, return_credits="yes")
+
+
+@pytest.mark.parametrize("scheduled_at", [None, "2030-01-01T12:00:00Z"])
+def test_a_requests_task_kwargs_make_the_same_send_again(scheduled_at) -> None:
+    """What an intent, a bulk chunk, a replay or an operator's resend publishes is the
+    send that was validated, even under a stricter policy and another clock."""
+    request = build(message="l’été… à bientôt", scheduled_at=scheduled_at, return_credits=True)
+    kwargs = dict(request.task_kwargs(batch_id="BATCH1"))
+    assert kwargs.pop("batch_id") == "BATCH1"
+    again = build_send_request(**kwargs, tz=ZoneInfo("UTC"), now=NOW, non_gsm="reject")
+    assert again == request and again.scheduled_at == request.scheduled_at

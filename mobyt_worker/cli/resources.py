@@ -49,8 +49,8 @@ def order_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("order_id", metavar="ORDER_ID")
 
 
-def open_runtime() -> Runtime:
-    settings = load_settings()
+def open_runtime(settings: Settings | None = None) -> Runtime:
+    settings = settings or load_settings()
     _check_redis(settings)
     return Runtime(settings)
 

@@ -116,15 +116,15 @@ def enqueue_arguments(p: argparse.ArgumentParser) -> None:
 def _through_workers(settings: Settings, request: SendRequest, args: argparse.Namespace) -> dict[str, Any]:
     """Enqueue the validated send and wait for the workers' answer. Without one in time the
     message stays queued under its order id: only a retry with that id is safe."""
-    from ..producer import send_sms  # noqa: PLC0415 - only these commands need Celery
-
-    oid = request.order_id
-    sent = send_sms(workers_app(settings), request.recipients, args.message, sender=request.sender,
-                    message_type=request.message_type, scheduled_at=args.at, order_id=oid,
-                    return_credits=request.return_credits)
-    return await_answer(sent.result, args.timeout,
-                   f"order {oid} is queued but no worker answered within {args.timeout:g} s; "
-                   f"to retry, reuse the id (--order-id {oid}), never a new one")
+    rt = open_runtime(settings)
+    try:
+        sent = rt.producer.enqueue(request)
+        oid = sent.order_id
+        return await_answer(sent.result, args.timeout,
+                            f"order {oid} is queued but no worker answered within {args.timeout:g} s; "
+                            f"to retry, reuse the id (--order-id {oid}), never a new one")
+    finally:
+        rt.close()
 
 
 def _reply_table(reply: dict[str, Any]) -> str:

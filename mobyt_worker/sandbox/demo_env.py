@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from ..connection import connect
 from ..contract import QUEUE
 from .processes import CannotRun, Child, free_port, wait_until
 
@@ -75,7 +76,7 @@ def _without_password(url: str) -> str:
 
 
 def reachable(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    client = connect(url, quick=True)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):

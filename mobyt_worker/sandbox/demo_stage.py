@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 import redis
 import requests
 
+from ..connection import connect
 from ..contract import QUEUE, SEND_SMS
 from ..store import OrderStore
 from .demo_env import (BROKER_PREFIX, DELIVERY_DELAY, LOGIN, PREFIX, SETTINGS, child_environment,
@@ -99,7 +100,7 @@ class Stage:
         self.title("mobyt demo: the whole story on this machine, against the built-in simulator "
                    "(no Mobyt account, nothing to configure)")
         url, self.private_redis = choose_redis(self.environ, self.workdir, self.say)
-        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
+        self.redis = connect(url)
         delete_prefix(self.redis)
         sim_port, web_port, token = free_port(), free_port(), secrets.token_urlsafe(24)
         self.sim_url, self.web_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{web_port}"

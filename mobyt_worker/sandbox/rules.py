@@ -29,6 +29,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from .. import protocol
+from ..contract import is_order_id
 from ..sms import GSM_ALPHABET, GSM_EXTENDED, PART_UNITS, SINGLE_SMS_UNITS
 
 KO_AUTH, KO_MISSING, KO_INVALID = "10", "20", "21"
@@ -42,7 +43,6 @@ CALLING_CODES = {
 
 _NUMBER = re.compile(r"\+?[0-9]{4,20}")
 _SENDER = re.compile(r"[A-Za-z0-9]{1,11}|\+?[0-9]{3,16}")
-_ORDER_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 _DATE = re.compile(r"[0-9]{14}")
 
 
@@ -146,6 +146,6 @@ def parse_send(p: dict[str, str], tz: ZoneInfo) -> SendParams:
     raw_schedule = p.get("scheduled_delivery_time", "").strip()
     scheduled_at = parse_date(raw_schedule, "scheduled_delivery_time", tz) if raw_schedule else None
     order_id = p.get("order_id", "").strip()[:32]  # the excess is ignored, like the provider
-    if order_id and not _ORDER_ID.fullmatch(order_id):
+    if order_id and not is_order_id(order_id):
         raise invalid("order_id", "up to 32 alphanumerics")
     return SendParams(message_type, numbers, parts, sender, scheduled_at, order_id)
