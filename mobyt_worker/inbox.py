@@ -4,7 +4,7 @@ A message reaches us three ways: SRNEWMESSAGES (``poll``), SRHISTORYBYID
 (``reconcile``) and the provider's POST (``push``). All three go through
 :meth:`InboxStore.store`, one Lua script keyed by the provider's message id: the
 first arrival stores the message, appends it to the inbound stream and, if it says
-STOP, records the opt-out; every later arrival of the same id changes nothing.
+STOP (:mod:`keywords`), records the opt-out; every later arrival of the same id changes nothing.
 
 Key schema (``P`` is ``MOBYT_KEY_PREFIX``):
 
@@ -60,6 +60,7 @@ import redis
 from . import scripts
 from .errors import InvalidInput
 from .keys import Keys
+from .keywords import is_stop
 from .optouts import OptOuts
 from .protocol import InboundMessage
 from .sms import normalize_recipient
@@ -82,13 +83,9 @@ class StoreResult:
 
 
 def first_word(text: str) -> str:
+    """The keyword of a message that came without one (a push): its first word, as written."""
     words = text.split()
     return words[0] if words else ""
-
-
-def is_stop(message: InboundMessage) -> bool:
-    """STOP in any case, as the keyword or as the first word (``Stop.`` counts)."""
-    return any(w.strip(".,;:!?").upper() == "STOP" for w in (message.keyword, first_word(message.text)))
 
 
 class InboxStore:
@@ -128,7 +125,7 @@ class InboxStore:
             "keyword": message.keyword or first_word(message.text),
             "source": source,
             "stored_at": at,
-            "stop": "1" if is_stop(message) else "0",
+            "stop": "1" if is_stop(message.keyword, message.text) else "0",
         }
         stop_number = self._number(message.sender) if fields["stop"] == "1" else ""
         flat = [part for pair in fields.items() for part in pair]
@@ -147,7 +144,7 @@ class InboxStore:
             max_id = max(max_id, message.id)
             if self.store(message, source=source):
                 new += 1
-                stops += is_stop(message)
+                stops += is_stop(message.keyword, message.text)
         return StoreResult(received, new, stops, max_id)
 
     def reconcile(self, fetch_since: Callable[[int], list[InboundMessage]]) -> dict[str, int]:
