@@ -4,18 +4,27 @@ A message reaches us three ways: SRNEWMESSAGES (``poll``), SRHISTORYBYID
 (``reconcile``) and the provider's POST (``push``). All three go through
 :meth:`InboxStore.store`, one Lua script keyed by the provider's message id: the
 first arrival stores the message, appends it to the inbound stream and, if it says
-STOP (:mod:`keywords`), records the opt-out; every later arrival of the same id changes nothing.
+STOP (:mod:`keywords`) and its sender is a phone number, records the opt-out; every later
+arrival of the same id changes nothing. The ``on_stored`` hook (the Runtime's) sees each
+new message.
+
+A sender that does not parse as a phone number (an alphanumeric name, garbage) is kept
+apart: ``sender`` stays empty, the text it came with is in ``raw_sender`` and
+``bad_sender`` is 1. It is never an opt-out key, whatever the message says.
 
 Key schema (``P`` is ``MOBYT_KEY_PREFIX``):
 
 ===========================  ======  ====================================================
 key                          type    content
 ===========================  ======  ====================================================
-``P:inbox:msg:{id}``         hash    id, receiver, sender, text, received_at (ISO-8601
-                                     with offset, or empty), keyword (the provider's, else
-                                     the text's first word: a push carries none), source
-                                     (poll|push|reconcile: the first arrival), stored_at
-                                     (ISO-8601 UTC), stop (1 for a STOP, else 0)
+``P:inbox:msg:{id}``         hash    id, receiver, sender (as received; empty when it is
+                                     no phone number), raw_sender (then: as received),
+                                     bad_sender (1 then, else 0), text, received_at
+                                     (ISO-8601 with offset, or empty), keyword (the
+                                     provider's, else the text's first word: a push carries
+                                     none), source (poll|push|reconcile: the first
+                                     arrival), stored_at (ISO-8601 UTC), stop (1 for a
+                                     STOP, else 0)
 ``P:inbox:ids``              zset    message id scored by id (listing, idempotency)
 ``P:inbound``                stream  one entry per message, first arrival only (below)
 ``P:inbox:hwm``              string  greatest message id ever stored
@@ -25,9 +34,10 @@ key                          type    content
 ===========================  ======  ====================================================
 
 Fields of a ``P:inbound`` entry (consume with ``XREADGROUP``): ``type`` (``inbound``),
-``id``, ``receiver``, ``sender``, ``text``, ``received_at``, ``keyword``, ``source``,
-``stored_at``, ``stop`` (``1`` if the message is a STOP). A ``P:events`` opt-out entry:
-``type=optout``, ``number`` (E.164 when it parses), ``message_id``, ``at``.
+``id``, ``receiver``, ``sender``, ``raw_sender``, ``bad_sender``, ``text``,
+``received_at``, ``keyword``, ``source``, ``stored_at``, ``stop`` (``1`` if the message
+is a STOP). A ``P:events`` opt-out entry:
+``type=optout``, ``number`` (E.164), ``message_id``, ``at``.
 
 Messages and the id index expire ``order_ttl`` seconds (30 days) after they were stored;
 the two cursors never expire.
@@ -69,6 +79,17 @@ from .store import now_iso
 SOURCES = ("poll", "push", "reconcile")
 #: Expired message ids trimmed from the head of the id index per store (amortised cleanup).
 _TRIM_PER_STORE = 10
+#: A sender that is no phone number is kept, cut to this many characters.
+_RAW_SENDER_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A message stored for the first time, as the ``on_stored`` hook sees it."""
+
+    message_id: int
+    source: str
+    number: str | None  # the sender in E.164; None when it is no phone number
 
 
 @dataclass(frozen=True)
@@ -97,10 +118,12 @@ class InboxStore:
         ttl: int = 30 * 24 * 3600,
         stream_maxlen: int = 100_000,
         country: str = "FR",
+        on_stored: Callable[[Arrival], None] | None = None,
     ) -> None:
         self.redis = client
         self.keys = Keys(prefix)
         self.optouts = OptOuts(client, prefix)
+        self.on_stored = on_stored
         self.ttl = ttl
         self.stream_maxlen = stream_maxlen
         self.country = country
@@ -110,32 +133,38 @@ class InboxStore:
     # --- writing --------------------------------------------------------------------
 
     def store(self, message: InboundMessage, *, source: str) -> bool:
-        """Store one message atomically; True if its id was new."""
+        """Store one message atomically; True if its id was new (then ``on_stored`` sees it)."""
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}")
         if isinstance(message.id, bool) or not isinstance(message.id, int) or message.id <= 0:
             raise InvalidInput("id", "must be an integer > 0")
         at = now_iso()
+        number = self._number(message.sender)
+        stop = is_stop(message.keyword, message.text)
         fields = {
             "id": str(message.id),
             "receiver": message.receiver,
-            "sender": message.sender,
+            "sender": message.sender if number else "",
+            "raw_sender": "" if number else message.sender[:_RAW_SENDER_CHARS],
+            "bad_sender": "0" if number else "1",
             "text": message.text,
             "received_at": message.received_at.isoformat() if message.received_at else "",
             "keyword": message.keyword or first_word(message.text),
             "source": source,
             "stored_at": at,
-            "stop": "1" if is_stop(message.keyword, message.text) else "0",
+            "stop": "1" if stop else "0",
         }
-        stop_number = self._number(message.sender) if fields["stop"] == "1" else ""
+        stop_number = number if stop and number else ""
         flat = [part for pair in fields.items() for part in pair]
-        new = self._store(
+        stored = self._store(
             keys=[self.keys.inbox_message(message.id), self.keys.inbox_ids, self.keys.inbound, self.keys.inbox_hwm,
                   self.optouts.key, self.keys.events],
             args=[message.id, json.dumps(flat), self.ttl, self.stream_maxlen, stop_number,
                   OptOuts.entry(message.id, at), at, self.keys.inbox_message_prefix, _TRIM_PER_STORE],
         )
-        return bool(new)
+        if stored and self.on_stored is not None:
+            self.on_stored(Arrival(message.id, source, number))
+        return bool(stored)
 
     def store_all(self, messages: Iterable[InboundMessage], *, source: str) -> StoreResult:
         received = new = stops = max_id = 0
@@ -157,12 +186,12 @@ class InboxStore:
             self._advance(keys=[self.keys.inbox_reconciled], args=[result.max_id])
         return {**result.to_dict(), "from_id": cursor, "reconciled": max(cursor, result.max_id)}
 
-    def _number(self, sender: str) -> str:
-        """E.164 when the sender parses as a phone number, else as received."""
+    def _number(self, sender: str) -> str | None:
+        """The sender in E.164, or None when it does not parse as a phone number."""
         try:
             return normalize_recipient(sender, self.country)
         except (InvalidInput, ValueError):
-            return sender.strip()
+            return None
 
     # --- reading --------------------------------------------------------------------
 
@@ -196,5 +225,5 @@ class InboxStore:
 
 
 def _decode(raw: dict[str, str]) -> dict[str, Any]:
-    return {**raw, "id": int(raw["id"]), "stop": raw.get("stop") == "1"}
+    return {**raw, "id": int(raw["id"]), "stop": raw.get("stop") == "1", "bad_sender": raw.get("bad_sender") == "1"}
 

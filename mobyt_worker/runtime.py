@@ -22,7 +22,7 @@ from .config import Settings
 from .connection import connect
 from .credits import CreditsWatch
 from .fleet import Fleet
-from .inbox import InboxStore
+from .inbox import Arrival, InboxStore
 from .intents import Intents
 from .keys import Keys
 from .metrics import Metrics
@@ -83,7 +83,13 @@ class Runtime:
     @cached_property
     def inbox(self) -> InboxStore:
         s = self.settings
-        return InboxStore(self.redis, s.key_prefix, ttl=s.order_ttl, stream_maxlen=s.stream_maxlen, country=s.country)
+        return InboxStore(self.redis, s.key_prefix, ttl=s.order_ttl, stream_maxlen=s.stream_maxlen, country=s.country,
+                          on_stored=self._inbound_stored)
+
+    def _inbound_stored(self, arrival: Arrival) -> None:
+        """A new inbound SMS: count a sender that is no phone number."""
+        if arrival.number is None:
+            self.metrics.inc("inbound_bad_senders", source=arrival.source)
 
     @cached_property
     def credits(self) -> CreditsWatch:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mobyt_worker.errors import RecipientOptedOut
-from mobyt_worker.inbox import InboxStore
+from mobyt_worker.inbox import Arrival, InboxStore
 from mobyt_worker.optouts import OptOuts
 from mobyt_worker.protocol import InboundMessage
 from mobyt_worker.store import OrderStore
@@ -38,3 +38,20 @@ def test_a_stop_refuses_sends_to_that_number_until_it_is_cleared(redis_client):
     verdict, _, _ = orders.claim_send("O1", {"message_type": "N"}, lock_seconds=5,
                                       optout_key=optouts.key, recipients=[OTHER, STOPPED])
     assert verdict == "send"
+
+
+def test_a_sender_that_is_no_number_is_kept_apart_and_never_an_opt_out(redis_client):
+    seen: list[Arrival] = []
+    inbox = InboxStore(redis_client, "t", country="FR", on_stored=seen.append)
+    for message_id, sender in enumerate(["ACME", "12", "0612345671"], start=1):
+        inbox.store(InboundMessage(message_id, "+33700000001", sender, "STOP", datetime.now(PARIS), ""), source="poll")
+
+    assert list(inbox.optouts.all()) == [STOPPED]
+    assert [a.number for a in seen] == [None, None, STOPPED]
+    apart = inbox.get(1)
+    assert (apart["sender"], apart["raw_sender"], apart["bad_sender"], apart["stop"]) == ("", "ACME", True, True)
+    number = inbox.get(3)
+    assert (number["sender"], number["raw_sender"], number["bad_sender"]) == ("0612345671", "", False)
+    streamed = [f for _, f in redis_client.xrange(inbox.keys.inbound)]
+    assert [(f["sender"], f["raw_sender"], f["bad_sender"]) for f in streamed] == [
+        ("", "ACME", "1"), ("", "12", "1"), ("0612345671", "", "0")]
