@@ -14,6 +14,8 @@ key                                   type    content
 ``P:poll:due``                        zset    order_id scored by when its next status poll is due
 ``P:doubt``                           zset    order_id of an ``in_doubt`` order, scored by when its record expires
 ``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
+``P:scheduled:{number}``              zset    order_id of an order scheduled for that (E.164) number, scored by
+                                              its scheduled time; the key expires after the latest one
 ``P:events``                          stream  status changes and order events (see README)
 ====================================  ======  ==================================================
 
@@ -65,6 +67,10 @@ class Keys:
 
     def send_lock(self, order_id: str) -> str:
         return f"{self.prefix}:order:{order_id}:lock"
+
+    def scheduled(self, number: str) -> str:
+        """Orders scheduled for ``number`` (E.164): what a STOP from it must withdraw."""
+        return f"{self.prefix}:scheduled:{number}"
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"

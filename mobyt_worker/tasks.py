@@ -172,7 +172,7 @@ def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_i
     claim = functools.partial(store.claim_send, order_id, meta, lock_seconds=_lock_seconds(rt),
                               due_at=_look_again_at(rt),
                               scheduled_epoch=request.scheduled_at.timestamp() if request.scheduled_at else None)
-    verdict, state, token = claim(optout_key=rt.optouts.key, recipients=request.recipients)
+    verdict, state, token = claim(recipients=request.recipients)
     if verdict == "optout":
         rt.optouts.check(request.recipients)  # raises RecipientOptedOut naming the (masked) numbers
         verdict, state, token = claim()  # cleared since
@@ -442,7 +442,7 @@ def cancel(self: MobytTask, order_id: str) -> dict[str, Any]:
         if not _cleanly_gone(rt, order_id):
             raise
         log.info("order %s: REMOVE_DELAYED refused (%s) but the order is gone: cancelled", order_id, refused.code)
-    rt.store.mark_cancelled(order_id)
+    rt.store.mark_cancelled(order_id, recipients=record.recipients)
     return rt.store.require_order(order_id).to_dict()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -29,14 +30,12 @@ def test_a_stop_refuses_sends_to_that_number_until_it_is_cleared(redis_client):
         optouts.check([OTHER, STOPPED])
     assert info.value.field == "recipients" and STOPPED not in str(info.value)  # masked
     optouts.check([OTHER])
-    verdict, _, _ = orders.claim_send("O1", {"message_type": "N"}, lock_seconds=5,
-                                      optout_key=optouts.key, recipients=[OTHER, STOPPED])
+    verdict, _, _ = orders.claim_send("O1", {"message_type": "N"}, lock_seconds=5, recipients=[OTHER, STOPPED])
     assert verdict == "optout" and orders.get_order("O1") is None  # nothing claimed, nothing stored
 
     assert optouts.clear(STOPPED) and not optouts.clear(STOPPED)
     optouts.check([STOPPED])
-    verdict, _, _ = orders.claim_send("O1", {"message_type": "N"}, lock_seconds=5,
-                                      optout_key=optouts.key, recipients=[OTHER, STOPPED])
+    verdict, _, _ = orders.claim_send("O1", {"message_type": "N"}, lock_seconds=5, recipients=[OTHER, STOPPED])
     assert verdict == "send"
 
 
@@ -55,3 +54,25 @@ def test_a_sender_that_is_no_number_is_kept_apart_and_never_an_opt_out(redis_cli
     streamed = [f for _, f in redis_client.xrange(inbox.keys.inbound)]
     assert [(f["sender"], f["raw_sender"], f["bad_sender"]) for f in streamed] == [
         ("", "ACME", "1"), ("", "12", "1"), ("0612345671", "", "0")]
+
+
+def test_a_scheduled_claim_indexes_the_order_under_each_recipient_until_its_time(redis_client):
+    store, optouts = OrderStore(redis_client, "t", ttl=3600), OptOuts(redis_client, "t")
+    later = time.time() + 600
+    meta = {"message_type": "N"}
+    assert store.claim_send("S1", meta, lock_seconds=5, recipients=[STOPPED, OTHER], scheduled_epoch=later)[0] == "send"
+    assert store.claim_send("S2", meta, lock_seconds=5, recipients=[STOPPED], scheduled_epoch=later + 100)[0] == "send"
+    assert store.claim_send("NOW1", meta, lock_seconds=5, recipients=[STOPPED])[0] == "send"  # not scheduled
+    assert store.scheduled_for(STOPPED) == ["S1", "S2"] and store.scheduled_for(OTHER) == ["S1"]
+    assert redis_client.zscore(store.keys.scheduled(OTHER), "S1") == pytest.approx(later)
+    assert 690 <= redis_client.ttl(store.keys.scheduled(STOPPED)) <= 762  # until its latest order's time
+    assert 590 <= redis_client.ttl(store.keys.scheduled(OTHER)) <= 662
+
+    assert store.scheduled_for(STOPPED, now=later + 1) == ["S2"]  # its time passed: out of the index
+    assert redis_client.zrange(store.keys.scheduled(STOPPED), 0, -1) == ["S2"]
+    optouts.add("+33612345673")
+    verdict, _, _ = store.claim_send("S3", meta, lock_seconds=5, recipients=[OTHER, "+33612345673"],
+                                     scheduled_epoch=later)
+    assert verdict == "optout" and store.scheduled_for(OTHER) == ["S1"]  # refused: nothing indexed
+    store.mark_cancelled("S1", recipients=[STOPPED, OTHER])
+    assert store.scheduled_for(OTHER) == [] and store.scheduled_for(STOPPED) == ["S2"]
