@@ -5,8 +5,9 @@ A message reaches us three ways: SRNEWMESSAGES (``poll``), SRHISTORYBYID
 :meth:`InboxStore.store`, one Lua script keyed by the provider's message id: the
 first arrival stores the message, appends it to the inbound stream and, if it says
 STOP (:mod:`keywords`) and its sender is a phone number, records the opt-out; every later
-arrival of the same id changes nothing. The ``on_stored`` hook (the Runtime's) sees each
-new message.
+arrival of the same id changes nothing. A new opt-out waits in ``P:optout:pending`` until
+``mobyt.apply_optout`` has withdrawn the number from the orders scheduled for it; the
+``on_stored`` hook (the Runtime's) publishes that task at once.
 
 A sender that does not parse as a phone number (an alphanumeric name, garbage) is kept
 apart: ``sender`` stays empty, the text it came with is in ``raw_sender`` and
@@ -30,14 +31,15 @@ key                          type    content
 ``P:inbox:hwm``              string  greatest message id ever stored
 ``P:inbox:reconciled``       string  id up to which SRHISTORYBYID confirmed the inbox
 ``P:optout``                 hash    numbers that sent STOP (see :mod:`optouts`)
+``P:optout:pending``         zset    new opt-outs not yet applied to scheduled orders
 ``P:events``                 stream  also gets ``type=optout`` when a STOP adds a number
 ===========================  ======  ====================================================
 
 Fields of a ``P:inbound`` entry (consume with ``XREADGROUP``): ``type`` (``inbound``),
 ``id``, ``receiver``, ``sender``, ``raw_sender``, ``bad_sender``, ``text``,
 ``received_at``, ``keyword``, ``source``, ``stored_at``, ``stop`` (``1`` if the message
-is a STOP). A ``P:events`` opt-out entry:
-``type=optout``, ``number`` (E.164), ``message_id``, ``at``.
+is a STOP). A ``P:events`` opt-out entry: ``type=optout``, ``number`` (E.164),
+``message_id``, ``at``.
 
 Messages and the id index expire ``order_ttl`` seconds (30 days) after they were stored;
 the two cursors never expire.
@@ -62,6 +64,7 @@ whole inbox history once (source ``reconcile``), STOPs included.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, cast
 
@@ -90,6 +93,7 @@ class Arrival:
     message_id: int
     source: str
     number: str | None  # the sender in E.164; None when it is no phone number
+    opted_out: bool  # the message added an opt-out of ``number``
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,12 @@ class InboxStore:
         ttl: int = 30 * 24 * 3600,
         stream_maxlen: int = 100_000,
         country: str = "FR",
+        replay_after: float = 120.0,
         on_stored: Callable[[Arrival], None] | None = None,
     ) -> None:
         self.redis = client
         self.keys = Keys(prefix)
-        self.optouts = OptOuts(client, prefix)
+        self.optouts = OptOuts(client, prefix, replay_after=replay_after)
         self.on_stored = on_stored
         self.ttl = ttl
         self.stream_maxlen = stream_maxlen
@@ -158,12 +163,13 @@ class InboxStore:
         flat = [part for pair in fields.items() for part in pair]
         stored = self._store(
             keys=[self.keys.inbox_message(message.id), self.keys.inbox_ids, self.keys.inbound, self.keys.inbox_hwm,
-                  self.optouts.key, self.keys.events],
+                  self.optouts.key, self.keys.events, self.optouts.pending_key],
             args=[message.id, json.dumps(flat), self.ttl, self.stream_maxlen, stop_number,
-                  OptOuts.entry(message.id, at), at, self.keys.inbox_message_prefix, _TRIM_PER_STORE],
+                  OptOuts.entry(message.id, at), at, self.keys.inbox_message_prefix, _TRIM_PER_STORE,
+                  time.time() + self.optouts.replay_after],
         )
         if stored and self.on_stored is not None:
-            self.on_stored(Arrival(message.id, source, number))
+            self.on_stored(Arrival(message.id, source, number, opted_out=stored == 2))
         return bool(stored)
 
     def store_all(self, messages: Iterable[InboundMessage], *, source: str) -> StoreResult:

@@ -42,6 +42,7 @@ class Keys:
         self.inbox_hwm = f"{prefix}:inbox:hwm"
         self.inbox_reconciled = f"{prefix}:inbox:reconciled"
         self.optout = f"{prefix}:optout"
+        self.optout_pending = f"{prefix}:optout:pending"
         self.credits = f"{prefix}:credits"
         self.credits_history = f"{prefix}:credits:history"
         self.metrics = f"{prefix}:metrics"

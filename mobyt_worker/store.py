@@ -84,6 +84,8 @@ class OrderRecord:
     ambiguous_at: float | None = None  # epoch of the last attempt that may have reached it
     claimed_at: float | None = None  # epoch a worker first took the send: its retries are timed from it
     request: str | None = None  # JSON of the send's kwargs (for an operator's resend)
+    replaces: str | None = None  # the order this one was made from when a recipient sent STOP
+    replaced_by: str | None = None  # that new order, on the cancelled one
     error_code: str | None = None
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -328,10 +330,13 @@ class OrderStore:
         for key in self.keys.order_keys(order_id):
             pipe.expire(key, self.ttl)
 
-    def mark_cancelled(self, order_id: str, *, recipients: Iterable[str] = ()) -> None:
+    def mark_cancelled(self, order_id: str, *, recipients: Iterable[str] = (), replaced_by: str | None = None,
+                       reason: str = "") -> None:
         """The provider no longer holds the order: out of the due set and of ``recipients``'
-        scheduled indexes."""
+        scheduled indexes. ``replaced_by``: the order made for the recipients still wanted."""
         fields: dict[str, str | int] = {"state": CANCELLED, "cancelled": 1, "final": 1, "cancelled_at": now_iso()}
+        if replaced_by:
+            fields["replaced_by"] = replaced_by
         with self.redis.pipeline() as pipe:
             pipe.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], fields))
             self._refresh_ttl(pipe, order_id)
@@ -340,7 +345,10 @@ class OrderStore:
             for number in recipients:
                 pipe.zrem(self.keys.scheduled(number), order_id)
             pipe.execute()
-        self._event({"type": "order", "order_id": order_id, "state": CANCELLED, "at": now_iso()})
+        event = {"type": "order", "order_id": order_id, "state": CANCELLED, "at": now_iso()}
+        if reason:
+            event.update(reason=reason, replaced_by=replaced_by or "")
+        self._event(event)
 
     # --- batches -----------------------------------------------------------------------
 
@@ -450,6 +458,7 @@ def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> Or
         doubt=raw.get("doubt") == "1",
         doubt_since=opt_float("doubt_since"), ambiguous_at=opt_float("ambiguous_at"),
         claimed_at=opt_float("claimed_at"), request=opt("request"),
+        replaces=opt("replaces"), replaced_by=opt("replaced_by"),
         error_code=opt("error_code"), error=opt("error"),
         history=[json.loads(h) for h in history],
     )
