@@ -42,7 +42,7 @@ def one_send(rt: Runtime, i: int, spent: dict[str, float]) -> None:
     t1 = time.thread_time()
     meta = {"message_type": "N", "sender": "BENCH", "batch_id": None, "scheduled_at": None,
             "parts": request.length.parts, "credits": request.credits, "task_id": f"t{i}", "recipient_count": 1}
-    verdict, _, token = rt.store.claim_send(f"STEP{i:012d}", meta, lock_seconds=40, optout_key=rt.optouts.key,
+    verdict, _, token = rt.store.claim_send(f"STEP{i:012d}", meta, lock_seconds=40,
                                             recipients=request.recipients)
     assert verdict == "send", verdict
     t2 = time.thread_time()

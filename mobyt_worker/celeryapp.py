@@ -121,6 +121,7 @@ def configure(app: AppT) -> AppT:
             "reconcile-inbox": _every(contract.RECONCILE_INBOX, settings.reconcile_interval),
             "check-credits": _every(contract.CHECK_CREDITS, settings.credits_interval),
             "replay-intents": _every(contract.REPLAY_INTENTS, max(1.0, min(30.0, settings.replay_after / 4))),
+            "replay-optouts": _every(contract.REPLAY_OPTOUTS, max(1.0, min(30.0, settings.replay_after / 4))),
         },
     )
     # RabbitMQ: its own transport options; rediss://: certificates verified

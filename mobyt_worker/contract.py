@@ -17,12 +17,15 @@ POLL_STATUS = "mobyt.poll_status"
 CANCEL = "mobyt.cancel"
 SMS_HISTORY = "mobyt.sms_history"
 INBOX_HISTORY = "mobyt.inbox_history"
+#: A number sent STOP: withdraw it from the orders scheduled for it (the inbox enqueues it).
+APPLY_OPTOUT = "mobyt.apply_optout"
 #: Beat jobs (they may also be called by name, e.g. to check credits at once).
 POLL_DUE = "mobyt.poll_due"
 POLL_INBOX = "mobyt.poll_inbox"
 RECONCILE_INBOX = "mobyt.reconcile_inbox"
 CHECK_CREDITS = "mobyt.check_credits"
 REPLAY_INTENTS = "mobyt.replay_intents"
+REPLAY_OPTOUTS = "mobyt.replay_optouts"
 
 #: The provider's order id: 1 to 32 ASCII letters or digits. It truncates longer ids
 #: without a word, which would make the order untrackable, so everything refuses them
@@ -46,6 +49,7 @@ class SendSmsArgs(TypedDict, total=False):
     order_id: str | None
     return_credits: bool
     batch_id: str | None
+    replaces: str | None  # set by mobyt.apply_optout: opted-out recipients are dropped, not refused
 
 
 class SendResult(TypedDict):
@@ -95,3 +99,10 @@ def order_id_for_task(task_id: str) -> str:
 def chunk_order_id(batch_id: str, index: int) -> str:
     """Deterministic order id of chunk ``index`` of a bulk send."""
     return hashlib.sha256(f"{batch_id}:{index}".encode()).hexdigest()[:32]
+
+
+def replacement_order_id(order_id: str) -> str:
+    """The order id of the send that replaces ``order_id`` for its recipients still wanted
+    after one of them sent STOP: every run of ``mobyt.apply_optout`` makes the same one,
+    so a retry or a redelivery never sends it twice (an order is replaced at most once)."""
+    return hashlib.sha256(f"{order_id}:replaced".encode()).hexdigest()[:32]

@@ -63,7 +63,7 @@ class Intents:
         recipients = kwargs.get("recipients")
         if isinstance(recipients, (list, tuple)):
             fields["recipient_count"] = len(recipients)
-        for name in ("batch_id", "message_type", "sender", "scheduled_at"):
+        for name in ("batch_id", "message_type", "sender", "scheduled_at", "replaces"):
             if kwargs.get(name) not in (None, ""):
                 fields[name] = kwargs[name]
         flat = [str(part) for pair in fields.items() for part in pair]

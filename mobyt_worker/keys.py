@@ -14,6 +14,8 @@ key                                   type    content
 ``P:poll:due``                        zset    order_id scored by when its next status poll is due
 ``P:doubt``                           zset    order_id of an ``in_doubt`` order, scored by when its record expires
 ``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
+``P:scheduled:{number}``              zset    order_id of an order scheduled for that (E.164) number, scored by
+                                              its scheduled time; the key expires after the latest one
 ``P:events``                          stream  status changes and order events (see README)
 ====================================  ======  ==================================================
 
@@ -40,6 +42,7 @@ class Keys:
         self.inbox_hwm = f"{prefix}:inbox:hwm"
         self.inbox_reconciled = f"{prefix}:inbox:reconciled"
         self.optout = f"{prefix}:optout"
+        self.optout_pending = f"{prefix}:optout:pending"
         self.credits = f"{prefix}:credits"
         self.credits_history = f"{prefix}:credits:history"
         self.metrics = f"{prefix}:metrics"
@@ -65,6 +68,10 @@ class Keys:
 
     def send_lock(self, order_id: str) -> str:
         return f"{self.prefix}:order:{order_id}:lock"
+
+    def scheduled(self, number: str) -> str:
+        """Orders scheduled for ``number`` (E.164): what a STOP from it must withdraw."""
+        return f"{self.prefix}:scheduled:{number}"
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"

@@ -43,6 +43,12 @@ metric                                        type       labels
                                                          resend lifted: in_doubt, ...)
 ``mobyt_unknown_statuses_total``              counter    status (as the provider wrote it)
 ``mobyt_inbox_messages_total``                counter    source (poll, push, reconcile)
+``mobyt_inbound_bad_senders_total``           counter    source: inbound SMS whose sender is no
+                                                         phone number (kept apart, never an
+                                                         opt-out)
+``mobyt_optout_orders_total``                 counter    outcome: what a STOP did to an order
+                                                         scheduled before it (cancelled,
+                                                         replaced, wait, too_late, nothing)
 ``mobyt_provider_requests_total``             counter    function, outcome (ok, rejected,
                                                          or the error class)
 ``mobyt_provider_request_seconds``            histogram  function
@@ -105,6 +111,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                 ("previous",)),
     "unknown_statuses": ("counter", "Recipient statuses the seed does not list, as written", ("status",)),
     "inbox_messages": ("counter", "Inbound SMS stored for the first time, by source", ("source",)),
+    "inbound_bad_senders": ("counter", "Inbound SMS whose sender is no phone number (never an opt-out)",
+                            ("source",)),
+    "optout_orders": ("counter", "Orders scheduled before a STOP, by what applying it did to them", ("outcome",)),
     "provider_requests": ("counter", "HTTP requests to the provider, by function and outcome", ("function", "outcome")),
     "provider_request_seconds": ("histogram", "HTTP latency to the provider, by function", ("function",)),
     "intents_replayed": ("counter", "Queued sends published again by mobyt.replay_intents", ()),

@@ -9,6 +9,7 @@ handlers through the app they serve.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from functools import cached_property
@@ -16,14 +17,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import redis
 from celery import Task
+from kombu.exceptions import KombuError
 
 from .celeryapp import MobytApp, configure, create_app
 from .client import MobytClient
 from .config import Settings
 from .connection import connect
+from .contract import APPLY_OPTOUT, QUEUE
 from .credits import CreditsWatch
 from .fleet import Fleet
-from .inbox import InboxStore
+from .inbox import Arrival, InboxStore
 from .intents import Intents
 from .keys import Keys
 from .metrics import Metrics
@@ -31,10 +34,13 @@ from .optouts import OptOuts
 from .producer import Producer
 from .ratelimit import RateLimiter
 from .replicas import Replicas
+from .sms import mask_number
 from .store import OrderStore
 
 if TYPE_CHECKING:
     from .protocol import RecipientStatus
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -91,12 +97,25 @@ class Runtime:
 
     @cached_property
     def optouts(self) -> OptOuts:
-        return OptOuts(self.redis, self.settings.key_prefix)
+        return OptOuts(self.redis, self.settings.key_prefix, replay_after=self.settings.replay_after)
 
     @cached_property
     def inbox(self) -> InboxStore:
         s = self.settings
-        return InboxStore(self.redis, s.key_prefix, ttl=s.order_ttl, stream_maxlen=s.stream_maxlen, country=s.country)
+        return InboxStore(self.redis, s.key_prefix, ttl=s.order_ttl, stream_maxlen=s.stream_maxlen, country=s.country,
+                          replay_after=s.replay_after, on_stored=self._inbound_stored)
+
+    def _inbound_stored(self, arrival: Arrival) -> None:
+        """A new inbound SMS: count a sender that is no number; a new opt-out is applied to
+        the number's scheduled orders by a worker (the inbox stays fast)."""
+        if arrival.number is None:
+            self.metrics.inc("inbound_bad_senders", source=arrival.source)
+        if arrival.opted_out:
+            try:
+                self.producer.send_task(APPLY_OPTOUT, kwargs={"number": arrival.number}, queue=QUEUE)
+            except (KombuError, OSError, redis.RedisError) as exc:  # still pending: mobyt.replay_optouts publishes it
+                log.warning("opt-out of %s stored; applying it waits for the next replay (%s)",
+                            mask_number(arrival.number or ""), type(exc).__name__)
 
     @cached_property
     def credits(self) -> CreditsWatch:

@@ -277,14 +277,17 @@ class SendRequest:
     def credits(self) -> int:
         return estimate_credits(self.length, len(self.recipients))
 
-    def task_kwargs(self, batch_id: str | None = None) -> SendSmsArgs:
+    def task_kwargs(self, batch_id: str | None = None, replaces: str | None = None) -> SendSmsArgs:
         """The ``mobyt.send_sms`` arguments that make exactly this send: what its intent and
         its order record keep, and what a replay or an operator's resend publishes."""
-        return SendSmsArgs(
+        kwargs = SendSmsArgs(
             recipients=list(self.recipients), message=self.message, message_type=self.message_type,
             sender=self.sender, order_id=self.order_id, return_credits=self.return_credits,
             scheduled_at=self.scheduled_at.isoformat() if self.scheduled_at else None, batch_id=batch_id,
         )
+        if replaces:
+            kwargs["replaces"] = replaces
+        return kwargs
 
     def __repr__(self) -> str:  # numbers masked and text left out: reprs end up in logs
         numbers = ", ".join(mask_number(n) for n in self.recipients)

@@ -2,7 +2,11 @@
 the events stream. Key names come from keys.py.
 
 Orders in ``in_doubt`` are indexed in ``P:doubt`` by every transition into or out of that
-state, scored by when the record expires, so counting them (an alert) is O(1).
+state, scored by when the record expires, so counting them (an alert) is O(1). A scheduled
+order is indexed under each recipient in ``P:scheduled:{number}`` by its claim (the claim
+refuses a number that sent STOP, in the same script), scored by its scheduled time, and
+leaves it when cancelled or when that time has passed: what a STOP must withdraw is one
+read, never a scan of the orders.
 
 Multi-key changes run as Lua scripts so that they are atomic and cost one round trip:
 two workers applying the same status see one change and emit one event. Tracking keys
@@ -80,6 +84,8 @@ class OrderRecord:
     ambiguous_at: float | None = None  # epoch of the last attempt that may have reached it
     claimed_at: float | None = None  # epoch a worker first took the send: its retries are timed from it
     request: str | None = None  # JSON of the send's kwargs (for an operator's resend)
+    replaces: str | None = None  # the order this one was made from when a recipient sent STOP
+    replaced_by: str | None = None  # that new order, on the cancelled one
     error_code: str | None = None
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -123,25 +129,40 @@ class OrderStore:
     # --- sending -------------------------------------------------------------------
 
     def claim_send(self, order_id: str, meta: dict[str, Any], *, lock_seconds: float, due_at: float | None = None,
-                   optout_key: str | None = None, recipients: Sequence[str] = (), token: str = "",
+                   recipients: Sequence[str] = (), token: str = "",
                    scheduled_epoch: float | None = None) -> tuple[str, str, str]:
-        """Return (verdict, state, token); see ``_CLAIM_SEND``. ``meta`` is stored on creation.
-        With ``optout_key``, refuses (``optout``) if one of ``recipients`` is in that hash,
-        in the same round trip. ``due_at`` (default: when the lock expires): when the poller
-        settles the order if nothing records this attempt's outcome first."""
+        """Return (verdict, state, token); see ``lua/claim_send.lua``. ``meta`` is stored on
+        creation. Refuses (``optout``) if one of ``recipients`` sent STOP, in the same round
+        trip; a scheduled send is indexed under each of them. ``due_at`` (default: when the
+        lock expires): when the poller settles the order if nothing records this attempt's
+        outcome first."""
         token = token or f"{random.getrandbits(128):032x}"  # unique per attempt; no system call, unlike uuid4
         now = time.time()
         due_at = now + lock_seconds if due_at is None else due_at
         fields = {"order_id": order_id, "created_at": now_iso(now), "polls": 0, "final": 0, "cancelled": 0,
                   "scheduled_epoch": scheduled_epoch, **meta}
-        keys = [self.keys.order(order_id), self.keys.send_lock(order_id), self.keys.orders, self.keys.due,
-                self.keys.intents]
+        ahead = scheduled_epoch if scheduled_epoch is not None and scheduled_epoch > now else None
+        index = [self.keys.scheduled(number) for number in recipients] if ahead is not None else []
         verdict, state = self._claim_send(
-            keys=keys + [optout_key] if optout_key else keys,
+            keys=[self.keys.order(order_id), self.keys.send_lock(order_id), self.keys.orders, self.keys.due,
+                  self.keys.intents, self.keys.optout, *index],
             args=[token, int(lock_seconds * 1000), now, self.ttl_for(scheduled_epoch), json.dumps(_flatten(fields)),
-                  order_id, due_at, *recipients],
+                  order_id, due_at, "" if ahead is None else ahead, *recipients],
         )
         return verdict, state, token
+
+    def scheduled_for(self, number: str, *, now: float | None = None) -> list[str]:
+        """Orders indexed for ``number`` whose scheduled time is still ahead (those past it
+        are dropped from the index here)."""
+        key, now = self.keys.scheduled(number), time.time() if now is None else now
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zrange(key, 0, -1)
+            return cast(list[str], pipe.execute()[1])
+
+    def unindex(self, number: str, order_id: str) -> None:
+        """``order_id`` can no longer reach ``number``: out of its scheduled index."""
+        self.redis.zrem(self.keys.scheduled(number), order_id)
 
     def ttl_for(self, scheduled_epoch: float | None) -> int:
         """An order scheduled further ahead than the TTL is kept until its time plus the TTL."""
@@ -309,15 +330,25 @@ class OrderStore:
         for key in self.keys.order_keys(order_id):
             pipe.expire(key, self.ttl)
 
-    def mark_cancelled(self, order_id: str) -> None:
+    def mark_cancelled(self, order_id: str, *, recipients: Iterable[str] = (), replaced_by: str | None = None,
+                       reason: str = "") -> None:
+        """The provider no longer holds the order: out of the due set and of ``recipients``'
+        scheduled indexes. ``replaced_by``: the order made for the recipients still wanted."""
+        fields: dict[str, str | int] = {"state": CANCELLED, "cancelled": 1, "final": 1, "cancelled_at": now_iso()}
+        if replaced_by:
+            fields["replaced_by"] = replaced_by
         with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.order(order_id),
-                      mapping={"state": CANCELLED, "cancelled": 1, "final": 1, "cancelled_at": now_iso()})
+            pipe.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], fields))
             self._refresh_ttl(pipe, order_id)
             pipe.zrem(self.keys.due, order_id)
             pipe.zrem(self.keys.in_doubt, order_id)
+            for number in recipients:
+                pipe.zrem(self.keys.scheduled(number), order_id)
             pipe.execute()
-        self._event({"type": "order", "order_id": order_id, "state": CANCELLED, "at": now_iso()})
+        event = {"type": "order", "order_id": order_id, "state": CANCELLED, "at": now_iso()}
+        if reason:
+            event.update(reason=reason, replaced_by=replaced_by or "")
+        self._event(event)
 
     # --- batches -----------------------------------------------------------------------
 
@@ -427,6 +458,7 @@ def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> Or
         doubt=raw.get("doubt") == "1",
         doubt_since=opt_float("doubt_since"), ambiguous_at=opt_float("ambiguous_at"),
         claimed_at=opt_float("claimed_at"), request=opt("request"),
+        replaces=opt("replaces"), replaced_by=opt("replaced_by"),
         error_code=opt("error_code"), error=opt("error"),
         history=[json.loads(h) for h in history],
     )

@@ -9,6 +9,7 @@ asking SMSSTATUS, never by sending again.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -19,7 +20,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any, cast
 
-from . import contract, doubt, sms
+from . import contract, doubt, sms, withdraw
 from .contract import QUEUE, chunk_order_id, is_order_id, order_id_for_task
 from .errors import (
     InvalidInput,
@@ -28,6 +29,7 @@ from .errors import (
     OrderNotFound,
     ProviderRejected,
     ProviderUnavailable,
+    RecipientOptedOut,
 )
 from .runtime import MobytTask, Runtime
 from .store import (
@@ -75,11 +77,14 @@ def send_sms(
     order_id: str | None = None,
     return_credits: bool = False,
     batch_id: str | None = None,
+    replaces: str | None = None,
 ) -> dict[str, Any]:
     rt = self.runtime
     s = rt.settings
     order_id = order_id or order_id_for_task(self.request.id)  # fixed before the first attempt, kept by every retry
     try:
+        if replaces is not None:
+            replaces = _field("replaces", sms.validate_order_id, replaces)
         request = sms.build_send_request(
             recipients=recipients, message=message,
             message_type=message_type or s.default_message_type,
@@ -91,11 +96,19 @@ def send_sms(
         if len(request.recipients) > s.bulk_chunk_size:
             rt.optouts.check(request.recipients)  # STOP is honoured before any HTTP call
             return _split_bulk(self, request, batch_id=order_id)
-        return _send_once(self, request, order_id, batch_id)  # its claim honours STOP
+        return _send_once(self, request, order_id, batch_id, replaces)  # its claim honours STOP
     except InvalidInput as exc:  # (and RecipientOptedOut): a replayed intent could never be valid either
         if is_order_id(order_id):
             rt.store.mark_failed(order_id, exc, allowed=(QUEUED,))
         raise
+
+
+def _field(name: str, check: Any, value: Any) -> Any:
+    """``check(value)``, its InvalidInput naming ``name``."""
+    try:
+        return check(value)
+    except InvalidInput as exc:
+        raise InvalidInput(name, exc.message) from None
 
 
 def _split_bulk(task: MobytTask, request: sms.SendRequest, batch_id: str) -> dict[str, Any]:
@@ -148,29 +161,20 @@ def _may_retry(rt: Runtime, order_id: str, countdown: float) -> bool:
     return record is not None and _in_retry_window(rt, record, countdown)
 
 
-def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_id: str | None) -> dict[str, Any]:
+def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_id: str | None,
+               replaces: str | None = None) -> dict[str, Any]:
     rt = task.runtime
     store, s = rt.store, rt.settings
-    meta = {
-        "message_type": request.message_type, "sender": request.sender, "batch_id": batch_id,
-        "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
-        "parts": request.length.parts, "credits": request.credits, "task_id": task.request.id,
-        "recipient_count": len(request.recipients), "request": json.dumps(request.task_kwargs(batch_id)),
-    }
+    if replaces:
+        request = _without_opted_out(rt, request)
     if rt.send_limiter is not None:  # wait for a slot before taking the lock, not while holding it
         rt.optouts.check(request.recipients)  # (and spend no slot on a send STOP refuses)
         wait = rt.send_limiter.reserve(max_wait=min(RATE_WAIT_IN_TASK, s.task_time_limit))
         if wait > 0:  # the slot is further away than a task may sleep: queue again for it
             log.info("order %s: send rate limit, no slot in time: queued again in %.2fs", order_id, wait)
             raise task.retry(countdown=wait, max_retries=None)
-    # STOP is honoured before any HTTP call: the claim checks the opt-outs in its round trip.
-    claim = functools.partial(store.claim_send, order_id, meta, lock_seconds=_lock_seconds(rt),
-                              due_at=_look_again_at(rt),
-                              scheduled_epoch=request.scheduled_at.timestamp() if request.scheduled_at else None)
-    verdict, state, token = claim(optout_key=rt.optouts.key, recipients=request.recipients)
-    if verdict == "optout":
-        rt.optouts.check(request.recipients)  # raises RecipientOptedOut naming the (masked) numbers
-        verdict, state, token = claim()  # cleared since
+    claim = functools.partial(_claim, task, order_id, batch_id, replaces)
+    verdict, state, token, request = claim(request)
     if verdict == "busy":
         raise task.retry(countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
     if verdict == "done":
@@ -180,7 +184,7 @@ def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_i
             settled = _resolve_for_send(task, request, order_id, state, token)
             if settled is not None:
                 return settled
-            verdict, state, token = claim(token=token)  # absent: send
+            verdict, state, token, request = claim(request, token=token)  # absent: send
             if verdict != "send":
                 return _send_result(rt, order_id, request, state)
         _require_replicated(task, order_id, token)
@@ -190,6 +194,43 @@ def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_i
     finally:
         if token:
             store.release_send(order_id, token)
+
+
+def _claim(task: MobytTask, order_id: str, batch_id: str | None, replaces: str | None, request: sms.SendRequest,
+           token: str = "") -> tuple[str, str, str, sms.SendRequest]:
+    """Claim the send (store.claim_send): (verdict, state, token, the request claimed). STOP is
+    honoured before any HTTP call: the claim checks the opt-outs in its round trip, and
+    refuses the order with RecipientOptedOut naming the (masked) numbers; a replacement
+    (``replaces``) drops them instead and claims what is left."""
+    rt = task.runtime
+    for _ in range(len(request.recipients) + 1):  # again only if an opt-out changed meanwhile
+        meta = {
+            "message_type": request.message_type, "sender": request.sender, "batch_id": batch_id,
+            "scheduled_at": request.scheduled_at.isoformat() if request.scheduled_at else None,
+            "parts": request.length.parts, "credits": request.credits, "task_id": task.request.id,
+            "recipient_count": len(request.recipients), "replaces": replaces,
+            "request": json.dumps(request.task_kwargs(batch_id, replaces)),
+        }
+        verdict, state, token = rt.store.claim_send(
+            order_id, meta, lock_seconds=_lock_seconds(rt), due_at=_look_again_at(rt), recipients=request.recipients,
+            token=token, scheduled_epoch=request.scheduled_at.timestamp() if request.scheduled_at else None)
+        if verdict != "optout":
+            return verdict, state, token, request
+        if replaces:
+            request = _without_opted_out(rt, request)
+        else:
+            rt.optouts.check(request.recipients)  # returns only if the opt-out was cleared meanwhile
+    raise RecipientOptedOut("recipients", "opt-outs kept changing while the send was claimed")
+
+
+def _without_opted_out(rt: Runtime, request: sms.SendRequest) -> sms.SendRequest:
+    """The request without the recipients that sent STOP; RecipientOptedOut if none is left."""
+    stopped = rt.optouts.opted_out(request.recipients)
+    if len(stopped) == len(request.recipients):
+        rt.optouts.check(request.recipients)
+    if not stopped:
+        return request
+    return dataclasses.replace(request, recipients=tuple(r for r in request.recipients if r not in stopped))
 
 
 def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
@@ -421,27 +462,48 @@ def cancel(self: MobytTask, order_id: str) -> dict[str, Any]:
         raise OrderNotCancellable(order_id, f"it is {record.state}, not scheduled")
     if record.scheduled_at and datetime.fromisoformat(record.scheduled_at) <= datetime.now(timezone.utc):
         raise OrderNotCancellable(order_id, f"its scheduled time {record.scheduled_at} has passed")
-    try:
-        rt.client.remove_delayed(order_id)
-    except ProviderRejected as refused:
-        # REMOVE_DELAYED is retried on transient errors; if an earlier try was applied and
-        # its answer lost, the retry is refused. Cancelled only if the provider then cleanly
-        # shows the order gone; any other answer leaves it scheduled (and followed).
-        if not _cleanly_gone(rt, order_id):
-            raise
-        log.info("order %s: REMOVE_DELAYED refused (%s) but the order is gone: cancelled", order_id, refused.code)
-    rt.store.mark_cancelled(order_id)
+    withdraw.remove_delayed(rt, order_id)  # any other answer leaves it scheduled (and followed)
+    rt.store.mark_cancelled(order_id, recipients=record.recipients)
     return rt.store.require_order(order_id).to_dict()
 
 
-def _cleanly_gone(rt: Runtime, order_id: str) -> bool:
-    """SMSSTATUS answered OK without rows, or with a KO configured to mean "unknown order"."""
-    try:
-        return not rt.client.sms_status(order_id)
-    except ProviderRejected as exc:
-        return exc.code in rt.settings.order_unknown_codes
-    except ProviderUnavailable:
-        return False
+# --- opt-outs --------------------------------------------------------------------------------
+
+
+@app.task(base=MobytTask, bind=True, name=contract.APPLY_OPTOUT, max_retries=None, throws=EXPECTED)
+def apply_optout(self: MobytTask, number: str) -> dict[str, Any]:
+    """``number`` sent STOP: withdraw it from every order scheduled for it before the STOP
+    (withdraw.py), retried while one of them is being sent or the provider gave no evidence.
+    Returns ``{"number" (masked), "orders": {order_id: outcome}}``."""
+    rt = self.runtime
+    number = _field("number", lambda n: sms.normalize_recipient(n, rt.settings.country), number)
+    if number not in rt.optouts.opted_out([number]):  # cleared meanwhile: sends to it are allowed again
+        rt.optouts.applied(number)
+        return {"number": sms.mask_number(number), "orders": {}}
+    outcomes = withdraw.apply(rt, number, publish=_publish_send)
+    for outcome in outcomes.values():
+        rt.metrics.inc("optout_orders", outcome=outcome)
+    if withdraw.WAIT in outcomes.values():
+        countdown = _backoff(self.request.retries, rt.settings.poll_intervals[-1])
+        rt.optouts.postpone(number, time.time() + countdown + rt.settings.replay_after)  # if the retry is lost
+        raise self.retry(countdown=countdown)
+    rt.optouts.applied(number)
+    return {"number": sms.mask_number(number), "orders": outcomes}
+
+
+def _publish_send(task_id: str, kwargs: dict[str, Any]) -> None:
+    send_sms.apply_async(kwargs=kwargs, task_id=task_id, queue=QUEUE)
+
+
+@app.task(base=MobytTask, bind=True, name=contract.REPLAY_OPTOUTS)
+def replay_optouts(self: MobytTask) -> dict[str, int]:
+    """Beat tick: publish ``mobyt.apply_optout`` again for every STOP no run finished
+    applying in time (a lost message, a crash, a retry that went with a killed worker)."""
+    rt = self.runtime
+    numbers = rt.optouts.due(limit=rt.settings.poll_batch)
+    for number in numbers:
+        apply_optout.apply_async(kwargs={"number": number}, queue=QUEUE)
+    return {"replayed": len(numbers)}
 
 
 @app.task(base=MobytTask, bind=True, name=contract.SMS_HISTORY, throws=EXPECTED)

@@ -59,13 +59,6 @@ def test_send_goes_through_the_workers_honours_opt_outs_and_is_tracked(capsys, s
     assert code == 0 and "TRACKED1" in out
 
 
-def test_send_direct_says_it_is_untracked(capsys, simulator, runtime):
-    code, out, err = run(capsys, "send", "--direct", "--to", "+33612345671", "--message", "hi", "--order-id", "RAW1")
-    assert code == 0, err
-    assert "untracked" in out and simulator.count("SENDSMS") == 1
-    assert runtime.store.get_order("RAW1") is None
-
-
 def test_cancel_runs_the_task_and_the_record_says_cancelled(capsys, start_process, simulator, runtime):
     start_process("worker")
     at = (datetime.now().astimezone() + timedelta(days=1)).isoformat(timespec="seconds")

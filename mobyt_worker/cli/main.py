@@ -1,5 +1,7 @@
 """The ``mobyt`` command: send and cancel through the workers, read what they track in
-Redis, call the provider directly (``--direct``, status, history...), or run the simulator.
+Redis, call the provider directly (``cancel --direct``, status, history...), or run the
+simulator. Every send goes through the workers: one door, with the same validation,
+opt-outs and exactly-once path for every way in.
 
 Every subcommand is one small function registered in :data:`COMMANDS` (name, help,
 arguments, run); add a subcommand by adding a row. Output is aligned columns for
@@ -13,8 +15,7 @@ Exit codes:
   2  bad input: an invalid argument (named), a configuration error, a usage error
   3  the provider refused the request (KO|code|message, HTTP 4xx)
   4  transient failure (timeout, connection, HTTP 5xx, unreadable answer, Redis not
-     answering, no worker answer in time): try again with the same --order-id;
-     after send --direct, the SMS may have gone out: check with `mobyt status ORDER_ID`
+     answering, no worker answer in time): try again with the same --order-id
 
 Errors are one line on stderr (a JSON object with ``--json``), never a traceback for
 known errors, never a password or a token.
@@ -61,7 +62,7 @@ def _demo() -> int:
 
 #: The subcommands, in ``--help`` order. Add a row to add a subcommand.
 COMMANDS: dict[str, Command] = {
-    "send": Command("send an SMS through the workers and wait for their answer; --direct: untracked SENDSMS",
+    "send": Command("send an SMS through the workers and wait for their answer",
                     send_command_arguments, cmd_send),
     "enqueue": Command("send through the workers: exactly once, tracked, chunked; --wait follows it",
                        enqueue_arguments, cmd_enqueue),

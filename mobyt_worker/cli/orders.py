@@ -30,7 +30,8 @@ def cmd_order(args: argparse.Namespace) -> int:
         ("created_at", record.created_at), ("scheduled_at", record.scheduled_at),
         ("accepted_at", record.accepted_at), ("credits", record.credits), ("parts", record.parts),
         ("polls", record.polls), ("attempts", record.attempts), ("batch_id", record.batch_id),
-        ("task_id", record.task_id), ("error", " ".join(filter(None, [record.error_code, record.error])) or None),
+        ("task_id", record.task_id), ("replaces", record.replaces), ("replaced_by", record.replaced_by),
+        ("error", " ".join(filter(None, [record.error_code, record.error])) or None),
     ]
     human = "\n\n".join([
         table(["order", record.order_id], fields, paint),

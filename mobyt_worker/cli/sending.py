@@ -1,5 +1,6 @@
-"""``send``, ``enqueue`` and ``cancel``: through the workers (exactly once, tracked), or
-``--direct`` from here, untracked."""
+"""``send``, ``enqueue`` and ``cancel``: through the workers (validated, opt-outs honoured,
+exactly once, tracked). Only ``cancel --direct`` calls the provider from here, for an
+order the workers do not track: it can withdraw an SMS, never send one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import uuid
 from datetime import datetime
 from typing import Any, Sequence
 
-from .. import errors
 from ..config import Settings
 from ..sms import SendRequest, build_send_request
 from ..store import OrderRecord
@@ -47,38 +47,8 @@ def _send_request(args: argparse.Namespace, settings: Settings) -> SendRequest:
     )
 
 
-def _send_direct(args: argparse.Namespace) -> int:
-    """SENDSMS, once, around the workers: no opt-out check, no record, no exactly-once
-    across runs. The order id is fixed before the request so an unclear outcome can be
-    checked with ``mobyt status`` instead of sending again."""
-    settings = load_settings()
-    request = _send_request(args, settings)
-    with provider_client(settings) as client:
-        try:
-            receipt = client.send_sms(request)
-        except errors.ProviderUnavailable as exc:
-            if not exc.ambiguous:
-                raise
-            hint = f"order {request.order_id} may have been sent: check with `mobyt status {request.order_id}`"
-            raise type(exc)(f"{exc.message}; {hint}", exc.code) from None
-    data = {
-        "order_id": receipt.order_id,
-        "recipients": list(request.recipients),
-        "status": "scheduled" if request.scheduled_at else "accepted",
-        "scheduled_at": request.scheduled_at,
-        "credits": receipt.count if request.return_credits else None,
-        "accepted_recipients": None if request.return_credits else receipt.count,
-        "parts": request.length.parts,
-        "tracked": False,
-    }
-    counted = ("credits", receipt.count) if request.return_credits else ("recipients", receipt.count)
-    human = table(["order_id", "status", counted[0], "scheduled_at"],
-                  [[receipt.order_id, data["status"], counted[1], request.scheduled_at]])
-    return emit(args, data, human + UNTRACKED)
-
-
-#: Said after every direct call: the workers know nothing of it.
-UNTRACKED = "\n\nuntracked: sent directly, not through the workers (no opt-out check, no record in Redis)"
+#: Said after a direct cancel: the workers know nothing of it.
+UNTRACKED = "\n\nuntracked: cancelled directly, not through the workers (no record in Redis)"
 
 
 def _timeout_arguments(p: argparse.ArgumentParser, default: float) -> None:
@@ -86,22 +56,13 @@ def _timeout_arguments(p: argparse.ArgumentParser, default: float) -> None:
                    help=f"give up waiting for the workers after S seconds ({default:.0f})")
 
 
-def _direct_or_workers(p: argparse.ArgumentParser, direct_help: str) -> None:
-    """``--direct`` (call the provider from here) or the workers, answering within ``--timeout``."""
-    p.add_argument("--direct", action="store_true", help=direct_help)
+def send_command_arguments(p: argparse.ArgumentParser) -> None:
+    _send_arguments(p)
     _timeout_arguments(p, 60.0)
 
 
-def send_command_arguments(p: argparse.ArgumentParser) -> None:
-    _send_arguments(p)
-    _direct_or_workers(p, "call SENDSMS from here, around the workers: untracked, no opt-out check")
-
-
 def cmd_send(args: argparse.Namespace) -> int:
-    """``mobyt.send_sms`` through the workers, waiting for its answer; ``--direct`` calls
-    the provider from here instead."""
-    if args.direct:
-        return _send_direct(args)
+    """``mobyt.send_sms`` through the workers, waiting for its answer."""
     settings = load_settings()
     reply = _through_workers(settings, _send_request(args, settings), args)
     return emit(args, reply, _reply_table(reply))
@@ -172,7 +133,9 @@ def _follow(order_ids: Sequence[str], recipients: int, timeout: float) -> list[O
 
 def cancel_arguments(p: argparse.ArgumentParser) -> None:
     order_argument(p)
-    _direct_or_workers(p, "call REMOVE_DELAYED from here, for an order the workers do not track")
+    p.add_argument("--direct", action="store_true",
+                   help="call REMOVE_DELAYED from here, for an order the workers do not track")
+    _timeout_arguments(p, 60.0)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -182,7 +145,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         with provider_client() as client:
             client.remove_delayed(order_id)
         return emit(args, {"order_id": order_id, "cancelled": True, "tracked": False},
-                    f"cancelled {order_id}" + UNTRACKED.replace("sent", "cancelled"))
+                    f"cancelled {order_id}" + UNTRACKED)
     from ..contract import CANCEL, QUEUE  # noqa: PLC0415 - only the commands that enqueue need Celery
 
     pending = workers_app(load_settings()).send_task(CANCEL, kwargs={"order_id": order_id}, queue=QUEUE)

@@ -5,7 +5,7 @@
 --              evidence first, whatever the state says (sending, unsent or in_doubt)
 --   busy     - another worker holds the lock right now
 --   done     - the order is past sending (accepted, failed, ...): do nothing
---   optout   - (only with KEYS[6], the opt-out hash) a recipient in ARGV[8..] sent STOP:
+--   optout   - a recipient in ARGV[9..] is in the opt-out hash KEYS[6] (sent STOP):
 --              nothing was written
 -- A missing record and a producer's ``queued`` intent are the same: the record is created
 -- (an intent's created_at kept, ``claimed_at`` stamped: a send's retries are timed from
@@ -13,12 +13,14 @@
 -- written before any HTTP call, so even a SIGKILL mid-send leaves the order where the
 -- poller settles it. Re-running with the same token (a client-side retry after a lost
 -- reply) gives "send" again.
+-- A scheduled send (ARGV[8], its epoch, not '') is indexed, as it is claimed, in each
+-- recipient's P:scheduled:{number} (KEYS[7..], in the order of ARGV[9..]), and each index
+-- lives until its latest order's time: a STOP stored after this claim finds the order
+-- there, one stored before it refused the claim.
 local order, lock, orders, due, intents, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local token, lock_ms, now, ttl, oid, due_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6], ARGV[7]
-if optouts then
-  for i = 8, #ARGV do
-    if redis.call('HEXISTS', optouts, ARGV[i]) == 1 then return {'optout', ''} end
-  end
+for i = 9, #ARGV do
+  if redis.call('HEXISTS', optouts, ARGV[i]) == 1 then return {'optout', ''} end
 end
 local holder = redis.call('GET', lock)
 if holder and holder ~= token then return {'busy', redis.call('HGET', order, 'state') or ''} end
@@ -29,6 +31,13 @@ local function attempt()
   redis.call('HINCRBY', order, 'attempts', 1)
   redis.call('SET', lock, token, 'PX', lock_ms)
   redis.call('ZADD', due, due_at, oid)
+  if ARGV[8] ~= '' then
+    for i = 7, #KEYS do
+      redis.call('ZADD', KEYS[i], ARGV[8], oid)
+      local latest = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')[2]
+      redis.call('EXPIREAT', KEYS[i], string.format('%d', math.floor(tonumber(latest)) + 61))
+    end
+  end
   return {'send', 'sending'}
 end
 if not state or state == 'queued' then

@@ -145,6 +145,30 @@ class ProviderSimulator:
         with self._lock:
             return self._billed_total if order_id is None else self._billed[order_id]
 
+    def scheduled(self) -> dict[str, dict[str, Any]]:
+        """Orders waiting for their scheduled time: order id -> {recipients, scheduled_at (epoch)}."""
+        with self._lock:
+            now = self._clock()
+            return {
+                order.order_id: {"recipients": [row.number for row in order.rows],
+                                 "scheduled_at": max(send.base for send in order.sends)}
+                for order in self._orders.values() if any(send.base > now for send in order.sends)
+            }
+
+    def deliveries(self, number: str | None = None) -> list[dict[str, str]]:
+        """What the provider has handed to the network so far: one ``{order_id, recipient}``
+        per recipient whose send time (or scheduled time) came and whose order REMOVE_DELAYED
+        did not withdraw; only ``number``'s (any spelling) when given."""
+        with self._lock:
+            now = self._clock()
+            wanted = None if number is None else rules.normalize(number.strip(), self._calling_code)
+            return [
+                {"order_id": row.order_id, "recipient": row.number}
+                for order in self._orders.values() for row in order.rows
+                if not row.cancelled and row.base <= now
+                and (wanted is None or rules.normalize(row.number, self._calling_code) == wanted)
+            ]
+
     def credits(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return dict(self._credits)

@@ -2,8 +2,9 @@
 
 Every function answers under ``/<prefix>/<FUNCTION>`` for each prefix in
 :data:`PREFIXES` (under any base path); any other path is an HTTP 404. The control
-routes (requests seen, stats, inbound SMS, faults, reset, push, latency) let a test
-drive a simulator running as a separate process; they answer loopback clients only.
+routes (requests seen, stats, orders still scheduled, deliveries so far, inbound SMS,
+faults, reset, push, latency) let a test drive a simulator running as a separate
+process; they answer loopback clients only.
 The HTTP access log carries only the method, the path (no query string) and the status.
 """
 
@@ -65,6 +66,8 @@ _CONTROL: dict[tuple[str, str], Callable[[ProviderSimulator, dict[str, Any], dic
         asdict(r) for r in sim.requests(query.get("function", [None])[0])
     ],
     ("GET", "/_sim/stats"): lambda sim, data, query: sim.stats(),
+    ("GET", "/_sim/scheduled"): lambda sim, data, query: sim.scheduled(),
+    ("GET", "/_sim/deliveries"): lambda sim, data, query: sim.deliveries(query.get("number", [None])[0]),
     ("POST", "/_sim/inbound"): _inbound,
     ("POST", "/_sim/fault"): _fault,
     ("POST", "/_sim/reset"): lambda sim, data, query: sim.reset(),
