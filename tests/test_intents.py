@@ -34,16 +34,16 @@ def kwargs_for(order_id: str) -> dict[str, object]:
 
 def test_record_writes_the_queued_order_and_both_indexes(redis_url):
     r = connect_redis(redis_url)
-    before = time.time()
-    assert intents(redis_url, replay_after=60).record("o1", "send-o1", kwargs_for("o1")) == "queued"
+    now = 1_800_000_000.25
+    assert intents(redis_url, replay_after=60).record("o1", "send-o1", kwargs_for("o1"), now=now) == "queued"
     record = r.hgetall(KEYS.order("o1"))
     assert record["state"] == "queued" and record["task_id"] == "send-o1" and record["order_id"] == "o1"
     assert json.loads(record["request"]) == kwargs_for("o1")
     assert record["sender"] == "ACME" and record["recipient_count"] == "1" and "message_type" not in record
-    assert record["created_at"].endswith("+00:00")
+    assert record["created_at"].startswith("2027-01-15T08:00:00") and record["created_at"].endswith("+00:00")
     assert 0 < r.ttl(KEYS.order("o1")) <= 3600
-    assert before <= r.zscore(KEYS.orders, "o1") <= time.time()
-    assert before + 60 <= r.zscore(KEYS.intents, "o1") <= time.time() + 60
+    assert r.zscore(KEYS.orders, "o1") == now  # listed by creation time
+    assert r.zscore(KEYS.intents, "o1") == now + 60  # replayed replay_after later if no worker claimed it
 
 
 def test_record_never_moves_an_order_back_to_queued(redis_url):
