@@ -60,6 +60,21 @@ def broker_messages(client: redis.Redis, queue: str = "mobyt") -> list[dict]:
     return messages
 
 
+def wait_until_run(client: redis.Redis, held: Callable[[dict], bool], marker: Callable[[], object],
+                   timeout: float = 60.0, what: str = "messages") -> None:
+    """Wait until the broker holds no message ``held`` selects: every one has run and been
+    acked. One a worker was taking as the broker was read (popped from the queue, not yet in
+    the unacked set) is in the unacked set by the time that worker has taken a message
+    published after the read: ``marker`` publishes one and waits for it, then the broker is
+    read again. (One worker consumes: the one that took the popped message.)"""
+    def none_held() -> bool:
+        return not [m for m in broker_messages(client) if held(m)]
+
+    wait_for(none_held, timeout=timeout, what=what)
+    marker()
+    wait_for(none_held, timeout=timeout, what=f"{what}, after a marker")
+
+
 #: What a beat logs when it takes RedBeat's lock, and for every periodic job it dispatches.
 ACQUIRED = "beat: Acquired lock"
 SENDING = "Scheduler: Sending due task"
