@@ -7,6 +7,8 @@ started with the same command line as the Procfile.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
@@ -21,6 +23,8 @@ from typing import Callable, Iterator
 
 import redis
 import redis.connection
+
+from mobyt_worker.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -41,6 +45,64 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def broker_messages(client: redis.Redis, queue: str = "mobyt") -> list[dict]:
+    """Every task message the Redis broker holds: waiting in ``queue``, or delivered to a
+    worker and not yet acked (kombu's ``unacked`` hash, countdowns included), each as
+    ``{"task", "id", "kwargs"}``. None left for an order: nothing will run for it again."""
+    raw = [json.loads(m) for m in client.lrange(queue, 0, -1)]
+    raw += [json.loads(held)[0] for held in client.hvals("unacked")]
+    messages = []
+    for message in raw:
+        _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        messages.append({"task": message["headers"]["task"], "id": message["headers"]["id"], "kwargs": kwargs})
+    return messages
+
+
+def wait_until_run(client: redis.Redis, held: Callable[[dict], bool], marker: Callable[[], object],
+                   timeout: float = 60.0, what: str = "messages") -> None:
+    """Wait until the broker holds no message ``held`` selects: every one has run and been
+    acked. One a worker was taking as the broker was read (popped from the queue, not yet in
+    the unacked set) is in the unacked set by the time that worker has taken a message
+    published after the read: ``marker`` publishes one and waits for it, then the broker is
+    read again. (One worker consumes: the one that took the popped message.)"""
+    def none_held() -> bool:
+        return not [m for m in broker_messages(client) if held(m)]
+
+    wait_for(none_held, timeout=timeout, what=what)
+    marker()
+    wait_for(none_held, timeout=timeout, what=f"{what}, after a marker")
+
+
+#: What a beat logs when it takes RedBeat's lock, and for every periodic job it dispatches.
+ACQUIRED = "beat: Acquired lock"
+SENDING = "Scheduler: Sending due task"
+
+
+def dispatches(log: str, entry: str) -> int:
+    """How many times a beat's log says it dispatched the schedule entry ``entry``."""
+    return log.count(f"{SENDING} {entry} (")
+
+
+def beat_runs(client: redis.Redis, prefix: str, entry: str) -> int:
+    """RedBeat's own count of dispatches of ``entry``, kept in Redis with the entry, so
+    shared by every beat: two beats dispatching one due run would both count it as one."""
+    meta = client.hget(Keys(prefix).beat_prefix + entry, "meta")
+    return int(json.loads(meta).get("total_run_count", 0)) if meta else 0
+
+
+def one_run_per_dispatch(client: redis.Redis, prefix: str, simulator, jobs: dict[str, str],
+                         beats: list["CeleryProcess"]) -> bool:
+    """Whether, for each entry -> provider function of ``jobs``, the beats' logged dispatches,
+    RedBeat's count and the provider's requests agree (read in that order, so a dispatch
+    caught half-way makes them differ until it has run)."""
+    for entry, function in jobs.items():
+        counted = beat_runs(client, prefix, entry)
+        logged = sum(dispatches(beat.output(), entry) for beat in beats)
+        if not counted == logged == simulator.count(function):
+            return False
+    return True
 
 
 class RedisServerRefused(RuntimeError):

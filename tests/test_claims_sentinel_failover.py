@@ -23,9 +23,10 @@ from celery import Celery
 
 from mobyt_worker import kombu_fix
 from mobyt_worker.connection import connect
+from mobyt_worker.keys import Keys
 from mobyt_worker.store import OrderStore
 
-from .support import ROOT, RedisServer, free_port, wait_for
+from .support import ROOT, SENDING, RedisServer, dispatches, free_port, wait_for
 from .test_kombu_fix import channel_closed_after_its_connection, unpatched_close_fails_with
 
 pytestmark = pytest.mark.integration  # every test here runs redis-servers and sentinels
@@ -251,14 +252,25 @@ def test_a_beat_that_lost_its_lock_ticks_only_once_it_holds_it_again(simulator, 
     wait_for(lambda: "lost the lock" in beat.output(), timeout=10, what="the beat sees it lost the lock")
 
     def sent_since_lost() -> int:
-        return beat.output().split("lost the lock", 1)[1].count("Sending due task")
+        return beat.output().split("lost the lock", 1)[1].count(SENDING)
 
-    time.sleep(3)  # three credits intervals: a beat still ticking would send check-credits
+    # RedBeat's schedule says check-credits is due, two ticks (--max-interval 1) past its
+    # time: a beat still ticking would have sent it by now
+    keys = Keys(runtime.settings.key_prefix)
+    schedule, entry = keys.beat_prefix + ":schedule", keys.beat_prefix + "check-credits"
+
+    def overdue() -> bool:
+        seconds, micros = runtime.redis.time()
+        due = runtime.redis.zscore(schedule, entry)
+        return due is not None and due < seconds + micros / 1e6 - 2
+
+    wait_for(overdue, timeout=10, what="check-credits two ticks overdue")
     assert sent_since_lost() == 0
     stopped = simulator.count("CREDITS")
     runtime.redis.delete(lock)
     wait_for(lambda: simulator.count("CREDITS") >= stopped + 2, timeout=15, what="ticks again after retaking the lock")
     assert runtime.redis.get(lock) not in (None, "another-beat") and beat.proc.poll() is None
+    assert dispatches(beat.output().split("lost the lock", 1)[1], "check-credits") >= 2
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 import redis
@@ -17,7 +16,7 @@ from mobyt_worker.keys import Keys
 from mobyt_worker.store import OrderStore
 from mobyt_worker.connection import connect as connect_redis
 
-from .support import wait_for
+from .support import wait_for, wait_until_run
 
 NUMBER = "+33612345670"
 KEYS = Keys("mobyt")
@@ -34,16 +33,16 @@ def kwargs_for(order_id: str) -> dict[str, object]:
 
 def test_record_writes_the_queued_order_and_both_indexes(redis_url):
     r = connect_redis(redis_url)
-    before = time.time()
-    assert intents(redis_url, replay_after=60).record("o1", "send-o1", kwargs_for("o1")) == "queued"
+    now = 1_800_000_000.25
+    assert intents(redis_url, replay_after=60).record("o1", "send-o1", kwargs_for("o1"), now=now) == "queued"
     record = r.hgetall(KEYS.order("o1"))
     assert record["state"] == "queued" and record["task_id"] == "send-o1" and record["order_id"] == "o1"
     assert json.loads(record["request"]) == kwargs_for("o1")
     assert record["sender"] == "ACME" and record["recipient_count"] == "1" and "message_type" not in record
-    assert record["created_at"].endswith("+00:00")
+    assert record["created_at"].startswith("2027-01-15T08:00:00") and record["created_at"].endswith("+00:00")
     assert 0 < r.ttl(KEYS.order("o1")) <= 3600
-    assert before <= r.zscore(KEYS.orders, "o1") <= time.time()
-    assert before + 60 <= r.zscore(KEYS.intents, "o1") <= time.time() + 60
+    assert r.zscore(KEYS.orders, "o1") == now  # listed by creation time
+    assert r.zscore(KEYS.intents, "o1") == now + 60  # replayed replay_after later if no worker claimed it
 
 
 def test_record_never_moves_an_order_back_to_queued(redis_url):
@@ -109,20 +108,29 @@ def test_a_message_the_broker_lost_is_replayed_and_sent_once(redis_url, simulato
 
 
 def test_a_replay_of_a_message_that_was_not_lost_sends_nothing_twice(redis_url, simulator, start_process):
+    """A send cap of 2/s holds each message in its task, waiting for a slot before the claim,
+    past MOBYT_REPLAY_AFTER: the beat's job publishes those intents again beside their
+    messages, and every order is still billed once."""
+    env = {"MOBYT_REPLAY_AFTER": "0.5", "MOBYT_SEND_RATE_LIMIT": "2"}
+    worker = start_process("worker", env=env)
+    start_process("beat", env=env)
     app = connect(redis_url, replay_after=0.5)
     sent = [send_sms(app, [NUMBER], f"slow queue {i}", sender="ACME") for i in range(5)]
-    time.sleep(1.0)  # every intent is due while its message still waits in the queue
-    env = {"MOBYT_REPLAY_AFTER": "0.5"}
-    start_process("beat", env=env)
-    r = redis.Redis.from_url(redis_url)
-    wait_for(lambda: r.llen("mobyt") >= 10, timeout=20, what="replays published beside the originals")
-    start_process("worker", env=env)
     assert {e.result.get(timeout=30)["status"] for e in sent} == {"accepted"}
     store = OrderStore(connect_redis(redis_url), "mobyt")
     for e in sent:
         wait_for(lambda: (rec := store.get_order(e.order_id)) and rec.final, timeout=30, what="final")
-    time.sleep(1.0)  # let any stray replay run
+    # every copy, originals and replays, has run, and no intent is left to replay
+    wait_until_run(redis.Redis.from_url(redis_url), is_send, lambda: app.send_task(
+        "mobyt.cancel", kwargs={"order_id": "MARKER1"}).get(timeout=20, propagate=False), what="every send message")
+    replayed = [e.order_id for e in sent if f"publishing task send-{e.order_id} again" in worker.output()]
+    assert replayed, "no intent was replayed: the test would prove nothing"
+    assert redis.Redis.from_url(redis_url).zcard(KEYS.intents) == 0
     assert [simulator.billed_sends(e.order_id) for e in sent] == [1] * 5
+
+
+def is_send(message: dict) -> bool:
+    return message["task"] == "mobyt.send_sms"
 
 
 @pytest.mark.parametrize("fault, state", [("http429", "unsent"), ("drop", "sending")])

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 import time
 from socketserver import ThreadingMixIn
-from pathlib import Path
 from typing import Any, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -24,7 +22,7 @@ from mobyt_worker.credits import CreditsWatch
 from mobyt_worker.errors import InvalidInput, ProviderRejected, ProviderTimeout, RecipientOptedOut
 from mobyt_worker.fleet import Fleet
 from mobyt_worker.heartbeat import Heartbeat
-from mobyt_worker.metrics import Metrics
+from mobyt_worker.metrics import METRICS, Metrics
 from mobyt_worker.protocol import CreditRow
 from mobyt_worker.runtime import Runtime
 from mobyt_worker.store import OrderStore
@@ -33,7 +31,6 @@ from mobyt_worker.web import create_app
 from .producer import bare_client, call
 from .support import wait_for
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 TOKEN = "metrics-test-token-0123456789"
 DLVRD, ERROR = "+33612345670", "+33612345676"
 
@@ -119,11 +116,13 @@ def test_alert_gauges_show_the_queue_doubt_intents_fleet_and_provider(client):
     assert value(page, "mobyt_processes_alive", kind="beat") == 1
     assert value(page, "mobyt_provider_last_ok_age_seconds") == math.inf  # never answered well
 
-    client.hset("mobyt:queue:oldest", "seen", time.time() - 90)  # the same head, seen 90 s ago
-    client.hset("mobyt:provider:last_ok", mapping={"SENDSMS": time.time() - 40, "SMSSTATUS": time.time() - 400})
+    before = time.time()
+    client.hset("mobyt:queue:oldest", "seen", before - 90)  # the same head, seen 90 s ago
+    client.hset("mobyt:provider:last_ok", mapping={"SENDSMS": before - 40, "SMSSTATUS": before - 400})
     page = samples(metrics.render().decode())
-    assert 90 <= value(page, "mobyt_queue_oldest_age_seconds") < 100
-    assert 40 <= value(page, "mobyt_provider_last_ok_age_seconds") < 50  # the latest call of any function
+    scraped = time.time() - before  # the ages are "now - recorded", now read within [before, before + scraped]
+    assert 90 - 0.05 <= value(page, "mobyt_queue_oldest_age_seconds") <= 90 + scraped + 0.05  # rounded to 0.1 s
+    assert 40 <= value(page, "mobyt_provider_last_ok_age_seconds") <= 40 + scraped  # the latest call of any function
 
 
 def test_duplicate_risk_counters_count_in_doubt_orders_and_operator_resends(client):
@@ -138,12 +137,14 @@ def test_duplicate_risk_counters_count_in_doubt_orders_and_operator_resends(clie
     assert value(page, "mobyt_queue_length") is None
 
 
-def test_every_metric_the_readme_alerts_name_is_rendered(client):
-    alerts = README.read_text(encoding="utf-8").split("**Alerts to set**", 1)[1].split("\n- **", 1)[0]
-    named = set(re.findall(r"\b(mobyt_[a-z_]+?)(?:_total)?\b", alerts))
+def test_the_page_renders_every_declared_counter_and_histogram_and_no_other(client):
+    """``metrics.METRICS`` declares the counters and histograms: each is on the page, with
+    its type and help text, before anything was counted; the rest of the page is gauges."""
     metrics = Metrics(client, "mobyt", fleet=Fleet(client, Settings()))
-    rendered = {family.name for family in text_string_to_metric_families(metrics.render().decode())}
-    assert len(named) >= 9 and named <= rendered, named - rendered
+    families = list(text_string_to_metric_families(metrics.render().decode()))
+    declared = {f"mobyt_{name}": kind for name, (kind, _, _) in METRICS.items()}
+    assert {f.name: f.type for f in families if f.type != "gauge"} == declared
+    assert all(f.name.startswith("mobyt_") and f.documentation for f in families)
 
 
 def test_a_failed_flush_keeps_the_counts_for_the_next_one(client):
@@ -190,7 +191,7 @@ def web(worker_env: dict[str, str]) -> Iterator[str]:
 
 
 def test_after_real_sends_get_metrics_shows_sends_latency_polls_statuses_and_credits(
-        redis_url, simulator, start_process, web):
+        redis_url, simulator, start_process, web, worker_env):
     start_process("worker")
     start_process("beat")
     simulator.configure_push(status_url=None, inbound_url=f"{web}/callbacks/{TOKEN}/inbound")
@@ -218,7 +219,9 @@ def test_after_real_sends_get_metrics_shows_sends_latency_polls_statuses_and_cre
     assert value(page, "mobyt_task_failures_total", task="mobyt.send_sms", kind="InvalidInput") == 1
     assert value(page, "mobyt_provider_requests_total", function="SENDSMS", outcome="ok") == 1
     assert value(page, "mobyt_provider_request_seconds_count", function="SENDSMS") == 1
-    assert 0 < value(page, "mobyt_provider_request_seconds_sum", function="SENDSMS") < 2
+    settings = Settings.from_env(worker_env)  # an answered call cannot outlast the client's timeouts
+    assert 0 < value(page, "mobyt_provider_request_seconds_sum", function="SENDSMS") <= (
+        settings.connect_timeout + settings.read_timeout)
     assert value(page, "mobyt_status_changes_total", status="DLVRD", source="poll") == 1
     polls = simulator.count("SMSSTATUS")
     assert 1 <= value(page, "mobyt_status_polls_total", outcome="ok") <= polls
@@ -228,5 +231,5 @@ def test_after_real_sends_get_metrics_shows_sends_latency_polls_statuses_and_cre
     assert value(page, "mobyt_processes_alive", kind="worker") == 1
     assert value(page, "mobyt_processes_alive", kind="beat") == 1
     assert value(page, "mobyt_queue_length") == 0 and value(page, "mobyt_in_doubt_orders") == 0
-    assert 0 <= value(page, "mobyt_provider_last_ok_age_seconds") < 20
+    assert 0 <= value(page, "mobyt_provider_last_ok_age_seconds") < math.inf  # a call answered well
     assert order_id not in requests.get(f"{web}/metrics", timeout=5).text  # no per-order series

@@ -1,7 +1,8 @@
 """The fake provider, exercised over real HTTP on loopback exactly as a client would.
 
 Time is an injected clock (no sleeps for the delivery timeline); the only real waits
-are the fault/latency checks (a few hundred ms) and the push ticker (100 ms ticks).
+are the slow-answer and latency checks (a client read timeout shorter than the delay
+injected ends them) and the push ticker (100 ms ticks).
 """
 
 from __future__ import annotations
@@ -491,12 +492,11 @@ def test_inject_fault_validates(sim: ProviderSimulator, function: str, kind: str
 
 
 def test_latency_delays_provider_answers_only(call: Call, server: SimulatorServer, sim: ProviderSimulator) -> None:
-    sim.set_latency(0.3)
-    started = time.monotonic()
-    assert call("CREDITS").text.startswith("OK;")
-    assert time.monotonic() - started >= 0.3
-    sim.set_latency(30)  # a control endpoint that waited would time out
-    assert requests.get(server.url + "/_sim/health", timeout=5).json() == {"status": "ok"}
+    sim.set_latency(30)
+    with pytest.raises(requests.ReadTimeout):  # the answer is 30 s away: a 0.5 s wait ends first
+        call("CREDITS", timeout=(2, 0.5))
+    assert sim.count("CREDITS") == 1  # received at once; only its answer waits
+    assert requests.get(server.url + "/_sim/health", timeout=5).json() == {"status": "ok"}  # control does not wait
 
 
 # --- push callbacks ------------------------------------------------------------------------
@@ -609,20 +609,17 @@ def test_control_endpoints(call: Call, server: SimulatorServer, sim: ProviderSim
     recorded = requests.get(base + "/requests", params={"function": "SENDSMS"}, timeout=5).json()
     assert [r["function"] for r in recorded] == ["SENDSMS", "SENDSMS"]
     assert recorded[0]["method"] == "POST" and "password" not in recorded[0]["params"]
-    assert recorded[0]["params"]["order_id"] == "C1" and recorded[0]["at"] <= time.time()
+    assert recorded[0]["params"]["order_id"] == "C1" and recorded[0]["at"] == sim.requests("SENDSMS")[0].at
     stats = requests.get(base + "/stats", timeout=5).json()
     assert stats["counts"] == {"SRNEWMESSAGES": 1, "SENDSMS": 2} and stats["billed"] == 1
     assert stats["credits"] == {"N|FR": 9999, "L|FR": 10000, "EE|": 1000}
-    assert requests.post(base + "/latency", json={"seconds": 0.2}, timeout=5).ok
-    started = time.monotonic()
-    call("CREDITS")
-    assert time.monotonic() - started >= 0.2
+    assert requests.post(base + "/latency", json={"seconds": 30}, timeout=5).ok
+    with pytest.raises(requests.ReadTimeout):  # answers now come 30 s late
+        call("CREDITS", timeout=(2, 0.5))
     assert requests.post(base + "/push", json={"status_url": None, "inbound_url": None}, timeout=5).ok
     assert requests.post(base + "/reset", timeout=5).ok
     assert sim.requests() == [] and sim.billed_sends() == 0 and sim.credits()[("N", "FR")] == 10000
-    started = time.monotonic()
-    call("CREDITS")
-    assert time.monotonic() - started < 0.2  # reset restored the constructed latency
+    assert call("CREDITS", timeout=(2, 5)).text.startswith("OK;")  # reset restored the constructed latency (none)
     assert requests.post(base + "/inbound", data="not json", timeout=5).status_code == 400
     assert requests.post(base + "/inbound", json={"text": "no sender"}, timeout=5).status_code == 400
     assert requests.post(base + "/fault", json={"function": "SENDSMS", "kind": "boom"}, timeout=5).status_code == 400
