@@ -23,6 +23,8 @@ from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer
 from mobyt_worker.sms import build_send_request
 from mobyt_worker.transport import HttpResponse, HttpTransport
 
+from .support import relay
+
 PARIS = ZoneInfo("Europe/Paris")
 LOGIN = "acme"
 PASSWORD = "s3cr3t-P@ss;|word"
@@ -542,17 +544,7 @@ class ConnectProxy:
             upstream = socket.create_connection((host, int(port)))
             client.sendall(self.answer)
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _relay(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
+                threading.Thread(target=relay, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         self.listener.close()
