@@ -98,7 +98,8 @@ def configure(app: AppT) -> AppT:
         worker_enable_soft_shutdown_on_idle=False,
         broker_pool_limit=max(10, settings.worker_concurrency),
         result_expires=timedelta(days=1),
-        # Enforced by prefork/gevent pools; the threads pool relies on HTTP timeouts.
+        # Enforced by prefork/gevent pools; on the threads pool each provider call ends by
+        # MOBYT_CALL_DEADLINE (client.py).
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - 15),
         worker_concurrency=settings.worker_concurrency,

@@ -10,6 +10,11 @@ Retries: reads are retried on :class:`ProviderUnavailable` with jittered exponen
 backoff. SENDSMS is never retried here (a repeat is a second billed SMS: the caller
 resolves an ambiguous send through SMSSTATUS), and SRNEWMESSAGES, a destructive read,
 only when the request certainly never left (:class:`ProviderConnectError`).
+
+Bounds: a call, its retries included, ends by ``MOBYT_CALL_DEADLINE`` (a retry whose wait
+would reach it is not made, an answer still arriving at it is cut), and an answer larger
+than its cap is cut unread. That is what bounds a stuck call on the threads pool, which
+does not enforce Celery's time limits.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity.stop import stop_base
 
 from . import errors, protocol
 from .protocol import CreditRow, HistoryRow, InboundMessage, RecipientStatus, SendReceipt
 from .sms import validate_order_id
-from .transport import HttpTransport, Transport
+from .transport import HttpTransport, Limits, Transport
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -39,6 +45,10 @@ T = TypeVar("T")
 #: One SMSHISTORY request per day of a longer period (see MobytClient.sms_history_windows).
 HISTORY_WINDOW = timedelta(days=1)
 
+
+#: The answers that grow with the account's traffic, capped by MOBYT_MAX_PAGE_BYTES (the
+#: others by MOBYT_MAX_ANSWER_BYTES).
+PAGES = frozenset({"SMSHISTORY", "SRHISTORY", "SRHISTORYBYID", "SRNEWMESSAGES"})
 
 #: HTTP statuses by which the provider says it did not process the request, yet may later.
 THROTTLED = frozenset({408, 425, 429})
@@ -78,7 +88,7 @@ class MobytClient:
         def wait(state: RetryCallState) -> float:
             return max(min(_retry_after(state), backoff_max), jitter(state))
 
-        stop = stop_after_attempt(read_attempts)
+        stop = stop_after_attempt(read_attempts) | _OutOfTime()
         self._retry_reads = Retrying(
             retry=retry_if_exception_type(errors.ProviderUnavailable), wait=wait, stop=stop,
             reraise=True, before_sleep=_log_retry,
@@ -192,16 +202,24 @@ class MobytClient:
         self.settings.require_credentials()
         data = {"login": self.settings.login, "password": self.settings.password.reveal(), **params}
         url = self.settings.url_for(function)
+        deadline = time.monotonic() + self.settings.call_deadline
         if retrying is None:
-            return self._attempt(function, url, data, decode)
-        return retrying(self._attempt, function, url, data, decode)
+            return self._attempt(function, url, data, decode, deadline=deadline)
+        return retrying(self._attempt, function, url, data, decode, deadline=deadline)
 
-    def _attempt(self, function: str, url: str, data: Mapping[str, str], decode: Callable[[str], T]) -> T:
+    def _limits(self, function: str, deadline: float) -> Limits:
+        s = self.settings
+        cap, setting = ((s.max_page_bytes, "MOBYT_MAX_PAGE_BYTES") if function in PAGES
+                        else (s.max_answer_bytes, "MOBYT_MAX_ANSWER_BYTES"))
+        return Limits(s.connect_timeout, s.read_timeout, deadline, cap, setting)
+
+    def _attempt(self, function: str, url: str, data: Mapping[str, str], decode: Callable[[str], T], *,
+                 deadline: float) -> T:
         """One HTTP exchange, timed and reported (function, ms, outcome; never params)."""
         start = time.perf_counter()
         outcome = "ok"
         try:
-            response = self._transport.post(url, data, (self.settings.connect_timeout, self.settings.read_timeout))
+            response = self._transport.post(url, data, self._limits(function, deadline))
             check_status(response.status, f"POST {function}", response.retry_after)
             return decode(response.text)
         except errors.ProviderRejected as exc:
@@ -226,6 +244,13 @@ class MobytClient:
         exc.message = errors.scrub(exc.message, (self.settings.login, self.settings.password.reveal()))
         exc.args = (exc.message, *exc.args[1:])
         return exc
+
+
+class _OutOfTime(stop_base):
+    """Stop when the wait before another attempt would end at the call's deadline or after it."""
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return time.monotonic() + state.upcoming_sleep >= state.kwargs["deadline"]
 
 
 def _retry_after(state: RetryCallState) -> float:

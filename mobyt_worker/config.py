@@ -71,6 +71,11 @@ DEFAULT_PATHS: dict[str, str] = {
 }
 
 
+#: The most an SMSSTATUS row takes ("%2B" + 15 digits, the longest status, a date):
+#: MOBYT_MAX_ANSWER_BYTES must hold a whole chunk's status.
+STATUS_ROW_BYTES = 64
+
+
 @dataclass(frozen=True)
 class Settings:
     login: str = ""
@@ -80,7 +85,10 @@ class Settings:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Europe/Paris"))
     country: str = "FR"
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = 30.0  # the longest silence between two reads of an answer
+    call_deadline: float = 30.0  # a whole provider call, its read retries included
+    max_answer_bytes: int = 1 << 20
+    max_page_bytes: int = 32 << 20  # SMSHISTORY (one day a request), SRHISTORY, SRHISTORYBYID, SRNEWMESSAGES
     pool_size: int = 64
     redis_url: str = "redis://localhost:6379/0"
     sentinel_master: str = "mymaster"
@@ -163,6 +171,7 @@ class Settings:
             paths[function] = get(f"MOBYT_PATH_{function}", _path(f"MOBYT_PATH_{function}"), paths[function])
 
         concurrency = get("MOBYT_WORKER_CONCURRENCY", _positive(int), d.worker_concurrency)
+        chunk = get("MOBYT_BULK_CHUNK_SIZE", _positive(int), d.bulk_chunk_size)
         return cls(
             login=env.get("MOBYT_LOGIN", "").strip(),
             password=Secret(env.get("MOBYT_PASSWORD", "")),
@@ -172,6 +181,9 @@ class Settings:
             country=get("MOBYT_COUNTRY", _country, d.country),
             connect_timeout=get("MOBYT_CONNECT_TIMEOUT", _positive(float), d.connect_timeout),
             read_timeout=get("MOBYT_READ_TIMEOUT", _positive(float), d.read_timeout),
+            call_deadline=get("MOBYT_CALL_DEADLINE", _positive(float), d.call_deadline),
+            max_answer_bytes=get("MOBYT_MAX_ANSWER_BYTES", _at_least(STATUS_ROW_BYTES * chunk), d.max_answer_bytes),
+            max_page_bytes=get("MOBYT_MAX_PAGE_BYTES", _positive(int), d.max_page_bytes),
             pool_size=get("MOBYT_HTTP_POOL_SIZE", _positive(int), concurrency),  # one connection per thread
             redis_url=get("REDIS_URL", _redis_url, d.redis_url),
             sentinel_master=get("MOBYT_REDIS_SENTINEL_MASTER", str, d.sentinel_master),
@@ -184,7 +196,7 @@ class Settings:
             visibility_timeout=get("MOBYT_VISIBILITY_TIMEOUT", _positive(int), d.visibility_timeout),
             shutdown_grace=get("MOBYT_SHUTDOWN_GRACE", _positive(float), d.shutdown_grace),
             task_time_limit=get("MOBYT_TASK_TIME_LIMIT", _positive(int), d.task_time_limit),
-            bulk_chunk_size=get("MOBYT_BULK_CHUNK_SIZE", _positive(int), d.bulk_chunk_size),
+            bulk_chunk_size=chunk,
             send_rate_limit=get("MOBYT_SEND_RATE_LIMIT", _non_negative(float), d.send_rate_limit),
             event_task=get("MOBYT_EVENT_TASK", str, d.event_task),
             event_queue=get("MOBYT_EVENT_QUEUE", str, d.event_queue),
@@ -284,6 +296,17 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
         value = kind(raw)
         if value <= 0:  # type: ignore[operator]
             raise ValueError("must be greater than 0")
+        return value
+
+    return convert
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}: an SMSSTATUS answer has a row per recipient, "
+                             f"up to MOBYT_BULK_CHUNK_SIZE of them")
         return value
 
     return convert

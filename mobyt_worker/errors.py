@@ -126,6 +126,12 @@ class ProviderTimeout(ProviderUnavailable):
     """The request left but no answer came in time."""
 
 
+class ProviderTooSlow(ProviderTimeout):
+    """The answer was still arriving at the call's deadline (``MOBYT_CALL_DEADLINE``): a
+    provider that trickles it may not hold a worker thread longer. It was cut, and the
+    request may have been processed."""
+
+
 class ProviderDisconnected(ProviderUnavailable):
     """The connection dropped after the request was sent."""
 
@@ -152,6 +158,12 @@ class ProviderBadResponse(ProviderUnavailable):
 
 class ProviderEmptyResponse(ProviderBadResponse):
     """The answer had an empty body."""
+
+
+class ProviderAnswerTooLarge(ProviderBadResponse):
+    """The answer grew past its cap (``MOBYT_MAX_ANSWER_BYTES``, ``MOBYT_MAX_PAGE_BYTES``
+    for history and inbox pages) and was cut unread: memory stays bounded. The request
+    may have been processed."""
 
 
 class NotReplicated(MobytError):

@@ -8,7 +8,8 @@ time.
 
 It also runs the jobs of a fresh deployment at once: RedBeat stores a new entry as last
 run *now*, so the first credits check would wait a whole interval. An entry that ran
-before keeps its pace, across a restart or a takeover: never twice for one interval.
+before keeps its pace, across a restart or a takeover, and a beat starting while another
+ticks never undoes that one's runs: never twice for one interval.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ log = logging.getLogger("celery.beat")
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, MasterNotFoundError)
 #: Seconds between tries while Redis is unreachable or another beat holds the lock.
 RETRY_PAUSE = 1.0
+#: RedBeat's meta of an entry that never ran: due at once.
+NEVER_RUN = json.dumps({"last_run_at": None})
 
 
 class ResilientRedBeatScheduler(RedBeatScheduler):
@@ -38,17 +41,23 @@ class ResilientRedBeatScheduler(RedBeatScheduler):
     _outage = False
 
     def setup_schedule(self) -> None:
+        """Store the static entries, a new one as never run. Beats start side by side, and
+        one may tick while another is still starting: that mark is only ever created
+        (HSETNX, as RedBeat stores its meta), never written over another beat's last run,
+        and each entry's place in the schedule is then computed from what is stored."""
         client = get_redis(self.app)
-        fresh = [key for key in (self.Entry.generate_key(self.app, name) for name in self.app.redbeat_conf.schedule)
-                 if not client.exists(key)]
-        super().setup_schedule()
-        for key in fresh:  # never run: due now (RedBeat's own reading of last_run_at None)
-            entry = self.Entry.from_key(key, app=self.app)
-            entry.last_run_at = None
-            with client.pipeline() as pipe:
-                pipe.hset(key, "meta", json.dumps({"last_run_at": None}))
-                pipe.zadd(self.app.redbeat_conf.schedule_key, {key: entry.score})
-                pipe.execute()
+        keys = [self.Entry.generate_key(self.app, name) for name in self.app.redbeat_conf.schedule]
+        with client.pipeline() as pipe:
+            for key in keys:
+                pipe.hsetnx(key, "meta", NEVER_RUN)
+            pipe.execute()
+        super().setup_schedule()  # keeps the stored meta; a key it created scores as run now
+        for key in keys:
+            try:
+                entry = self.Entry.from_key(key, app=self.app)
+            except KeyError:  # removed meanwhile by a beat of another version
+                continue
+            client.zadd(self.app.redbeat_conf.schedule_key, {key: entry.score})
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

@@ -134,10 +134,9 @@ def _split_bulk(task: MobytTask, request: sms.SendRequest, batch_id: str) -> dic
 
 
 def _lock_seconds(rt: Runtime) -> float:
-    """The send lock outlives one HTTP attempt (connect + read timeouts) and no more, so a
-    SIGKILLed holder delays the redelivered task by seconds, not minutes."""
-    s = rt.settings
-    return s.connect_timeout + s.read_timeout + 5
+    """The send lock outlives one SENDSMS call (it ends by MOBYT_CALL_DEADLINE) and no more,
+    so a SIGKILLed holder delays the redelivered task by seconds, not minutes."""
+    return rt.settings.call_deadline + 5
 
 
 def _look_again_at(rt: Runtime, countdown: float = 0.0) -> float:
@@ -364,7 +363,7 @@ def poll_due(self: MobytTask) -> dict[str, int]:
     """Beat tick: claim the orders whose poll is due and enqueue one poll each."""
     rt = self.runtime
     s = rt.settings
-    lease = max(60.0, 2 * (s.connect_timeout + s.read_timeout))
+    lease = max(60.0, 2 * s.call_deadline)
     ids = rt.store.claim_due(limit=s.poll_batch, lease=lease)
     for oid in ids:
         poll_status.apply_async(kwargs={"order_id": oid}, queue=QUEUE, expires=lease)

@@ -9,12 +9,23 @@ left: the failure was raised inside the connection's ``connect()`` (DNS, TCP, th
 proxy's CONNECT, the TLS handshake), which urllib3 calls before writing a byte of the
 request. Anything later is ambiguous, whatever its type: an ``SSLError`` or a reset
 while reading the answer happens after the provider may have received the request.
+
+Each exchange is bounded (:class:`Limits`). ``requests``' timeouts bound each socket
+operation, not the exchange: a provider sending a byte a second would hold the thread
+for as long as it liked. Here every read of the answer, its status line and headers
+included, waits at most for the time left before the deadline, and the body is read up
+to its cap; past either the connection is closed and the answer dropped unparsed.
 """
 
 from __future__ import annotations
 
+import http.client
+import io
 import os
+import socket
 import threading
+import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -23,12 +34,15 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError,
+                                ReadTimeoutError)
 
 from . import errors
 
 HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "mobyt-worker",
-           "Accept-Encoding": "identity"}
+           "Accept-Encoding": "identity"}  # identity: the size cap counts the bytes that arrive
+#: Bytes of the body read at a time: the most read past a size cap.
+CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,17 +52,89 @@ class HttpResponse:
     retry_after: float | None = None  # seconds, from a ``Retry-After`` header in seconds
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How long and how large one exchange may be."""
+
+    connect_timeout: float
+    read_timeout: float  # the longest silence between two reads
+    deadline: float  # time.monotonic() by which the whole answer must have arrived
+    max_bytes: int  # the largest body accepted
+    max_bytes_setting: str  # the variable that sets it, for the error
+
+
 class Transport(Protocol):
-    def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse: ...
+    def post(self, url: str, data: Mapping[str, str], limits: Limits) -> HttpResponse: ...
 
 
 class NotSent(Exception):
     """A connection could not be opened: the request had not started. ``__cause__`` says why."""
 
 
+class DeadlinePassed(Exception):
+    """The answer was still arriving at the exchange's deadline. Like :class:`NotSent`, no
+    layer between the socket and the transport catches this type: it reaches the transport
+    as it is, and urllib3 closes the connection on the way."""
+
+
+#: The limits of the exchange this thread is making (set by HttpTransport.post).
+_LIMITS: ContextVar[Limits | None] = ContextVar("mobyt_limits", default=None)
+
+
+class _BoundedReads(io.RawIOBase):
+    """A response's socket, each read waiting at most for the time left before the
+    deadline (and never longer than the read timeout)."""
+
+    def __init__(self, sock: socket.socket, limits: Limits) -> None:
+        super().__init__()
+        self._sock, self._limits = sock, limits
+        self._raw = sock.makefile("rb", buffering=0)  # holds a reference, as http.client's own does
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = self._limits.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed
+        self._sock.settimeout(min(self._limits.read_timeout, left))
+        try:
+            return self._raw.readinto(buffer)
+        except TimeoutError:
+            if time.monotonic() >= self._limits.deadline:
+                raise DeadlinePassed from None
+            raise
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _BoundedSocket:
+    """What http.client's response reads from: the socket, its reads bounded."""
+
+    def __init__(self, sock: socket.socket, limits: Limits) -> None:
+        self._sock, self._limits = sock, limits
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_BoundedReads(self._sock, self._limits))
+
+
+class _BoundedResponse(http.client.HTTPResponse):
+    """http.client's response, reading through :class:`_BoundedReads` during an exchange
+    of :class:`HttpTransport` (the proxy's answer to CONNECT too)."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        limits = _LIMITS.get()
+        bounded = sock if limits is None else _BoundedSocket(sock, limits)
+        super().__init__(bounded, *args, **kwargs)  # type: ignore[arg-type]
+
+
 class _ConnectGuard:
     """Mixed into urllib3's connection classes: ``connect()`` covers TCP, the proxy's
     CONNECT and the TLS handshake, all before the first byte of the request."""
+
+    response_class: type[http.client.HTTPResponse] = _BoundedResponse
 
     def connect(self) -> None:
         try:
@@ -110,7 +196,7 @@ def route_for(session: requests.Session, url: str) -> Route:
         template.prepare(method="POST", url=url, headers=HEADERS)
     except (requests.RequestException, ValueError):
         raise errors.ConfigError("MOBYT_BASE_URL", f"{where}: not a usable URL") from None
-    settings = dict(session.merge_environment_settings(url, {}, False, None, None))
+    settings = dict(session.merge_environment_settings(url, {}, True, None, None))  # the body streamed
     if settings["verify"] is True and os.environ.get("SSL_CERT_FILE"):
         settings["verify"] = os.environ["SSL_CERT_FILE"]  # requests reads only REQUESTS_CA_BUNDLE
     return Route(where, template, settings)
@@ -151,20 +237,40 @@ class HttpTransport:
         self._session: requests.Session | None = None
         self._routes: dict[str, Route] = {}
 
-    def post(self, url: str, data: Mapping[str, str], timeout: tuple[float, float]) -> HttpResponse:
+    def post(self, url: str, data: Mapping[str, str], limits: Limits) -> HttpResponse:
         session, route = self._route(url)
         request = route.template.copy()
         request.body = urlencode(data).encode()
         request.headers["Content-Length"] = str(len(request.body))
+        left = limits.deadline - time.monotonic()
+        if left <= 0:
+            raise errors.ProviderConnectError(f"{route.where}: the deadline passed before sending "
+                                              "(MOBYT_CALL_DEADLINE)")
+        timeout = (min(limits.connect_timeout, left), min(limits.read_timeout, left))
+        bounded = _LIMITS.set(limits)
+        answer = None
         try:
             answer = session.send(request, timeout=timeout, allow_redirects=False, **route.settings)
+            body = bytearray()
+            for chunk in answer.raw.stream(CHUNK, decode_content=False):
+                body += chunk
+                if len(body) > limits.max_bytes:
+                    raise errors.ProviderAnswerTooLarge(
+                        f"{route.where}: answer larger than {limits.max_bytes} bytes ({limits.max_bytes_setting})")
         except NotSent as exc:
             raise errors.ProviderConnectError(f"{route.where}: {_why_unsent(exc.__cause__)}") from None
-        except requests.Timeout:
+        except DeadlinePassed:
+            raise errors.ProviderTooSlow(f"{route.where}: answer not complete by the deadline "
+                                         "(MOBYT_CALL_DEADLINE)") from None
+        except (requests.Timeout, ReadTimeoutError):
             raise errors.ProviderTimeout(f"{route.where}: no answer in time") from None
         except (requests.RequestException, HTTPError, OSError):  # whatever urllib3 left unwrapped: ambiguous too
             raise errors.ProviderDisconnected(f"{route.where}: connection dropped after sending") from None
-        return HttpResponse(answer.status_code, answer.content.decode("utf-8", errors="replace"),  # the seed says UTF-8
+        finally:
+            _LIMITS.reset(bounded)
+            if answer is not None:
+                answer.close()  # an answer read to its end has gone back to the pool; a cut one is closed
+        return HttpResponse(answer.status_code, body.decode("utf-8", errors="replace"),  # the seed says UTF-8
                             _seconds(answer.headers.get("Retry-After")))
 
     def _route(self, url: str) -> tuple[requests.Session, Route]:

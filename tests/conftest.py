@@ -110,6 +110,7 @@ def worker_env(redis_url: str, provider: SimulatorServer) -> dict[str, str]:
         "MOBYT_DEFAULT_SENDER": "ACME",
         "MOBYT_CONNECT_TIMEOUT": "1",
         "MOBYT_READ_TIMEOUT": "2",
+        "MOBYT_CALL_DEADLINE": "3",
         "MOBYT_POLL_TICK": "0.3",
         "MOBYT_POLL_INTERVALS": "0.3,0.6,1",
         "MOBYT_SEND_RETRY_MAX": "0.3",

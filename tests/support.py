@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -262,6 +263,62 @@ class CeleryProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def relay(source: socket.socket, sink: socket.socket, before: Callable[[bytes], None] = lambda data: None) -> None:
+    """Copy bytes from ``source`` to ``sink`` until either end closes (``before`` sees each read first)."""
+    try:
+        while data := source.recv(65536):
+            before(data)
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        sink.close()
+
+
+class Gate:
+    """A TCP relay to a local Redis for one process, holding its requests from the first one
+    containing ``hold_at`` until :meth:`release`: that process stops at a known point between
+    two of its Redis calls while the others go on. ``held`` is set once that request came."""
+
+    def __init__(self, port: int, hold_at: bytes) -> None:
+        self.hold_at = hold_at
+        self.held = threading.Event()
+        self._open = threading.Event()
+        self._upstream = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def release(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self.release()
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._upstream))
+            threading.Thread(target=relay, args=(client, upstream, self._hold), daemon=True).start()
+            threading.Thread(target=relay, args=(upstream, client), daemon=True).start()
+
+    def _hold(self, data: bytes) -> None:
+        """From the first request with ``hold_at`` on, every request waits (a client that
+        times out and reconnects is held too)."""
+        if self.hold_at in data:
+            self.held.set()
+        if self.held.is_set():
+            self._open.wait()
 
 
 class RabbitVhost:

@@ -7,7 +7,7 @@ standby (it keeps its pace across the takeover)."""
 
 from __future__ import annotations
 
-from .support import ACQUIRED, SENDING, CeleryProcess, dispatches, one_run_per_dispatch, wait_for
+from .support import ACQUIRED, SENDING, CeleryProcess, Gate, dispatches, one_run_per_dispatch, wait_for
 
 #: schedule entry -> the provider function its job calls
 JOBS = {"poll-inbox": "SRNEWMESSAGES", "check-credits": "CREDITS", "reconcile-inbox": "SRHISTORYBYID"}
@@ -57,3 +57,51 @@ def test_standby_beat_takes_over_with_the_procfile_timing_and_keeps_each_jobs_pa
             beat.stop()
         for beat in beats:
             print(f"--- beat {beat.name} log (tail) ---\n{beat.output()[-3000:]}")
+
+
+def run_times(simulator, function: str) -> list[float]:
+    return [r.at for r in simulator.requests(function)]
+
+
+def test_a_standby_started_beside_the_first_beat_keeps_its_runs_and_repeats_none_when_it_takes_over(
+        simulator, worker_env, start_process, runtime, redis_server):
+    """A fresh deployment whose two beats start together: the standby has looked at the
+    entries (none stored yet) but not stored them when the other beat stores them, takes the
+    lock, runs its first round and is SIGKILLed. Its Redis requests held at RedBeat's first
+    one (SMEMBERS) meanwhile, the standby then finishes starting, takes over when the lock
+    expires, and runs no job again within its interval."""
+    start_process("worker")
+    env = {**worker_env, "MOBYT_INBOX_INTERVAL": "2", "MOBYT_CREDITS_INTERVAL": "600",
+           "MOBYT_RECONCILE_INTERVAL": "600"}
+    gate = Gate(redis_server.port, hold_at=b"SMEMBERS")
+    standby = procfile_beat({**env, "REDIS_URL": gate.url}, "standby")
+    first = procfile_beat(env, "first")
+    entries = {name: f"{runtime.settings.key_prefix}:beat:{name}" for name in ("check-credits", "reconcile-inbox")}
+    try:
+        standby.start()
+        wait_for(gate.held.is_set, timeout=30, what="the standby's start reaches RedBeat's setup")
+        first.start()
+        wait_for(lambda: simulator.count("CREDITS") and simulator.count("SRHISTORYBYID"), timeout=30,
+                 what="the first beat's first round")
+        first.kill()  # right after the tick that sent it; its lock has to expire
+        runs = {name: runtime.redis.hget(key, "meta") for name, key in entries.items()}
+        gate.release()
+
+        wait_for(lambda: ACQUIRED in standby.output(), timeout=60, what="the standby takes the lock")
+        wait_for(lambda: standby.output().count(f"{SENDING} poll-inbox") >= 2, timeout=20,
+                 what="two ticks of the standby: it has looked at every entry")
+        polls = len(run_times(simulator, "SRNEWMESSAGES"))
+        wait_for(lambda: len(run_times(simulator, "SRNEWMESSAGES")) > polls, timeout=20,
+                 what="a poll the standby sent after its first round reaches the provider")
+
+        assert f"{SENDING} check-credits" not in standby.output()
+        assert f"{SENDING} reconcile-inbox" not in standby.output()
+        assert {name: runtime.redis.hget(key, "meta") for name, key in entries.items()} == runs  # last run: the first beat's
+        assert simulator.count("CREDITS") == 1 and simulator.count("SRHISTORYBYID") == 1
+    finally:
+        gate.close()
+        for beat in (first, standby):
+            beat.stop()
+        for beat in (first, standby):
+            print(f"--- beat {beat.name} log (tail) ---\n{beat.output()[-3000:]}")
+            beat.log.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -21,7 +22,9 @@ from mobyt_worker.config import Secret, Settings
 from mobyt_worker.protocol import CreditRow, InboundMessage, Status
 from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer
 from mobyt_worker.sms import build_send_request
-from mobyt_worker.transport import HttpResponse, HttpTransport
+from mobyt_worker.transport import HttpResponse, HttpTransport, Limits
+
+from .support import relay, wait_for
 
 PARIS = ZoneInfo("Europe/Paris")
 LOGIN = "acme"
@@ -260,6 +263,100 @@ def test_slow_answer_is_a_timeout(server, sim):
     assert info.value.ambiguous and info.value.retryable
 
 
+# --- bounded answers: a deadline for the whole call, a cap on the answer's size ------------
+
+
+def test_a_send_whose_answer_trickles_past_the_deadline_is_cut_and_stays_ambiguous(server, sim):
+    """One byte every 50 ms, status line and headers included (some 7 s for the whole
+    answer); the call's deadline is 0.5 s and no single read waits for the 2 s read timeout."""
+    sim.inject_fault("SENDSMS", "trickle", delay=0.05)
+    with MobytClient(make_settings(server.url, call_deadline=0.5)) as client:
+        with pytest.raises(errors.ProviderError) as info:
+            client.send_sms(send_request("TRICKLE1"))
+        assert type(info.value) is errors.ProviderTooSlow
+        assert info.value.ambiguous and info.value.retryable  # it was billed: resolve, never resend
+        wait_for(lambda: sim.abandoned("SENDSMS") == 1, timeout=10, what="the provider sees the connection closed")
+        assert sim.billed_sends("TRICKLE1") == 1 and sim.count("SENDSMS") == 1
+        assert sorted(r.recipient for r in client.sms_status("TRICKLE1")) == sorted(NUMBERS)
+
+
+def test_a_read_trickling_past_the_deadline_is_not_tried_again_after_it(server, sim):
+    sim.inject_fault("CREDITS", "trickle", count=4, delay=0.05)
+    with MobytClient(make_settings(server.url, call_deadline=0.5), backoff_max=0.01) as client:
+        with pytest.raises(errors.ProviderTooSlow) as info:
+            client.credits()
+    assert "MOBYT_CALL_DEADLINE" in str(info.value)
+    wait_for(lambda: sim.abandoned("CREDITS") == 1, timeout=10, what="the provider sees the connection closed")
+    assert sim.count("CREDITS") == 1  # retries are inside the deadline: none was left
+
+
+@pytest.mark.parametrize("trickled", ["head", "body"])
+def test_an_answer_trickled_in_its_head_or_its_body_is_cut_while_that_part_arrives(trickled):
+    """One byte every 50 ms of the status line and headers, or of the body (10 s either
+    way), the other part at once: each read waits only for the time left before the
+    deadline, so the client closes the connection while the trickled part is arriving."""
+    parts = {"head": b"HTTP/1.1 200 OK\r\nX-Filler: " + b"f" * 160 + b"\r\nContent-Length: 200\r\n\r\n",
+             "body": b"OK;N|FR|10;" + b" " * 189}
+    listener = socket.create_server(("127.0.0.1", 0))
+    cut_in: list[str] = []
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        part = "head"
+        try:
+            for part, data in parts.items():
+                step = 1 if part == trickled else len(data)
+                for i in range(0, len(data), step):
+                    conn.sendall(data[i:i + step])
+                    time.sleep(0.05 if part == trickled else 0)
+        except OSError:  # reset or broken pipe: the client closed the connection
+            cut_in.append(part)
+        conn.close()
+
+    server = threading.Thread(target=answer, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    with MobytClient(make_settings(f"http://127.0.0.1:{port}", call_deadline=0.5), read_attempts=1) as client:
+        with pytest.raises(errors.ProviderTooSlow):
+            client.credits()
+    server.join(20)
+    listener.close()
+    assert cut_in == [trickled]
+
+
+def test_an_oversize_send_answer_is_cut_unread_and_stays_ambiguous(server, sim):
+    sim.inject_fault("SENDSMS", "oversize")  # the receipt, then 64 MiB of blanks: it would parse
+    with MobytClient(make_settings(server.url, max_answer_bytes=4096)) as client:
+        with pytest.raises(errors.ProviderError) as info:
+            client.send_sms(send_request("HUGE1"))
+        assert type(info.value) is errors.ProviderAnswerTooLarge
+        assert info.value.ambiguous and info.value.retryable
+        assert "4096 bytes (MOBYT_MAX_ANSWER_BYTES)" in str(info.value)
+        wait_for(lambda: sim.abandoned("SENDSMS") == 1, timeout=10, what="the provider sees the connection closed")
+        assert sim.billed_sends("HUGE1") == 1 and sim.count("SENDSMS") == 1
+        assert client.credits()  # the pool is usable: the cut connection was replaced
+
+
+def test_history_and_inbox_pages_have_their_own_larger_cap(server, sim):
+    """An inbox page of 6 KiB, over the 4 KiB answer cap, is read whole under the page cap; past the
+    page cap it is cut; a CREDITS answer over 4 KiB is cut."""
+    for i in range(60):  # some 100 bytes a row on the wire
+        sim.add_inbound(f"+3361111{i:04d}", f"message {i} " + "x" * 40)
+    settings = make_settings(server.url, max_answer_bytes=4096, max_page_bytes=16384)
+    with MobytClient(settings, read_attempts=1) as client:
+        assert len(client.inbox_since(0)) == 60
+        for i in range(200):
+            sim.add_inbound(f"+3362222{i:04d}", f"message {i} " + "x" * 40)
+        with pytest.raises(errors.ProviderAnswerTooLarge) as info:
+            client.inbox_since(0)
+        assert "MOBYT_MAX_PAGE_BYTES" in str(info.value)
+        sim.inject_fault("CREDITS", "oversize", size=4096)
+        with pytest.raises(errors.ProviderAnswerTooLarge) as info:
+            client.credits()
+        assert "MOBYT_MAX_ANSWER_BYTES" in str(info.value)
+
+
 def test_lost_answer_is_ambiguous_and_was_billed(client, sim):
     sim.inject_fault("SENDSMS", "lost_answer")
     with pytest.raises(errors.ProviderDisconnected) as info:
@@ -397,6 +494,11 @@ def test_password_never_leaks(server, sim, caplog):
         assert "s3cr3t" not in text
 
 
+def limits(seconds: float = 5.0) -> Limits:
+    """One exchange's limits, as the client sets them, for calling the transport directly."""
+    return Limits(1.0, 2.0, time.monotonic() + seconds, 1 << 20, "MOBYT_MAX_ANSWER_BYTES")
+
+
 def provider_pool(transport: HttpTransport, url: str):
     """The one urllib3 pool the transport's session holds (for ``url``'s host)."""
     pools = transport._session.get_adapter(url).poolmanager.pools
@@ -407,12 +509,12 @@ def provider_pool(transport: HttpTransport, url: str):
 def test_transport_reuses_connections_but_not_across_a_fork(server, sim, monkeypatch):
     transport = HttpTransport(pool_size=2)
     url, data = f"{server.url}/Mobyt/CREDITS", {"login": LOGIN, "password": PASSWORD}
-    assert transport.post(url, data, (1, 2)).text.startswith("OK")
-    transport.post(url, data, (1, 2))
+    assert transport.post(url, data, limits()).text.startswith("OK")
+    transport.post(url, data, limits())
     parent = provider_pool(transport, url)
     assert (parent.num_connections, parent.num_requests) == (1, 2)  # kept alive and reused
     monkeypatch.setattr("os.getpid", lambda: -1)  # as seen from a forked child
-    transport.post(url, data, (1, 2))
+    transport.post(url, data, limits())
     child = provider_pool(transport, url)
     assert child is not parent and (child.num_connections, child.num_requests) == (1, 1)
     assert parent.num_requests == 2  # the parent's connection was not used by the child
@@ -422,12 +524,12 @@ def test_transport_reuses_connections_but_not_across_a_fork(server, sim, monkeyp
 def test_a_connection_the_provider_closed_while_idle_is_replaced(server, sim):
     transport = HttpTransport()
     url, data = f"{server.url}/Mobyt/CREDITS", {"login": LOGIN, "password": PASSWORD}
-    transport.post(url, data, (1, 2))
+    transport.post(url, data, limits())
     pool = provider_pool(transport, url)
     idle = next(conn for conn in pool.pool.queue if conn is not None)
     stale = idle.sock
     stale.shutdown(socket.SHUT_RD)  # reads EOF from now on, as after the server's FIN
-    assert transport.post(url, data, (1, 2)).status == 200
+    assert transport.post(url, data, limits()).status == 200
     assert sim.count("CREDITS") == 2
     assert idle.sock is not None and idle.sock is not stale  # noticed before use, reconnected
     transport.close()
@@ -437,7 +539,7 @@ def test_a_connection_the_provider_closed_while_idle_is_replaced(server, sim):
                                  "http://127.0.0.1/a b", "http://127.0.0.1/a\r\nX-Injected: 1"])
 def test_an_unusable_url_is_a_config_error_before_any_connection(url):
     with pytest.raises(errors.ConfigError) as info:
-        HttpTransport().post(url, {"login": LOGIN}, (1, 1))
+        HttpTransport().post(url, {"login": LOGIN}, limits())
     assert info.value.variable == "MOBYT_BASE_URL"
 
 
@@ -542,17 +644,7 @@ class ConnectProxy:
             upstream = socket.create_connection((host, int(port)))
             client.sendall(self.answer)
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _relay(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
+                threading.Thread(target=relay, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         self.listener.close()

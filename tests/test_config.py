@@ -43,6 +43,10 @@ def test_defaults_follow_the_spec():
         ("MOBYT_SEND_RATE_LIMIT", "-1"),
         ("MOBYT_CREDIT_THRESHOLD", "1.5"),
         ("MOBYT_SEND_RETRY_FOR", "0"),
+        ("MOBYT_CALL_DEADLINE", "0"),
+        ("MOBYT_MAX_ANSWER_BYTES", "1MB"),
+        ("MOBYT_MAX_ANSWER_BYTES", "4096"),  # not one chunk's SMSSTATUS (500 rows)
+        ("MOBYT_MAX_PAGE_BYTES", "-1"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(variable, value):
@@ -58,6 +62,17 @@ def test_values_are_parsed():
                            "MOBYT_COUNTRY": "be", "MOBYT_PATH_SMSSTATUS": "/Mobyt/SMSSTATUS"})
     assert s.poll_intervals == (1.0, 2.5) and s.default_message_type == "L" and s.country == "BE"
     assert s.url_for("SMSSTATUS").endswith("/Mobyt/SMSSTATUS")
+
+
+def test_provider_answers_are_bounded_in_time_and_size_the_pages_more_than_the_rest():
+    s = Settings.from_env({})
+    assert (s.call_deadline, s.max_answer_bytes, s.max_page_bytes) == (30.0, 1 << 20, 32 << 20)
+    s = Settings.from_env({"MOBYT_CALL_DEADLINE": "2.5", "MOBYT_MAX_ANSWER_BYTES": "6400",
+                           "MOBYT_BULK_CHUNK_SIZE": "100", "MOBYT_MAX_PAGE_BYTES": "1000000"})
+    assert (s.call_deadline, s.max_answer_bytes, s.max_page_bytes) == (2.5, 6400, 1_000_000)
+    with pytest.raises(ConfigError) as info:  # 64 bytes a status row, one row a recipient
+        Settings.from_env({"MOBYT_MAX_ANSWER_BYTES": "6400", "MOBYT_BULK_CHUNK_SIZE": "101"})
+    assert info.value.variable == "MOBYT_MAX_ANSWER_BYTES" and "MOBYT_BULK_CHUNK_SIZE" in str(info.value)
 
 
 def test_the_http_pool_fits_the_worker_concurrency_unless_set():

@@ -29,7 +29,8 @@ SEND_FAULTS = ["drop", "lost_answer", "http500", "http503", "http408", "http429"
 READ_FAULTS = ["drop", "http503", "garbage", "ko", "slow"]
 SETTLED = ("accepted", "completed", "failed", "in_doubt")
 REPLAY_AFTER = 2.0
-ENV = {"MOBYT_DOUBT_LIMIT": "4", "MOBYT_READ_TIMEOUT": "1", "MOBYT_REPLAY_AFTER": str(REPLAY_AFTER)}
+ENV = {"MOBYT_DOUBT_LIMIT": "4", "MOBYT_READ_TIMEOUT": "1", "MOBYT_CALL_DEADLINE": "2",
+       "MOBYT_REPLAY_AFTER": str(REPLAY_AFTER)}
 NUMBER = "+33612345670"
 _ids = itertools.count()
 examples = settings(max_examples=8, deadline=None, derandomize=True,

@@ -70,13 +70,16 @@ def test_send_by_name_is_sent_once_and_followed_to_final_statuses(redis_url, sim
     assert sorted(final) == [(DLVRD_NUMBER, "DLVRD"), (ERROR_NUMBER, "ERROR")]
 
 
-@pytest.mark.parametrize("kind", ["http500", "html", "garbage", "empty", "drop", "slow", "lost_answer", "ko503"])
+@pytest.mark.parametrize("kind", ["http500", "html", "garbage", "empty", "drop", "slow", "lost_answer", "trickle",
+                                  "oversize", "ko503"])
 def test_every_fault_on_sendsms_ends_in_exactly_one_billed_send(kind, redis_url, simulator, start_process):
     start_process("worker")
     if kind == "ko503":  # a KO is a refusal: failed at once, nothing billed, no retry
         simulator.inject_fault("SENDSMS", "ko", code="30", message="insufficient credits")
-    else:
-        simulator.inject_fault("SENDSMS", kind, delay=3.0)  # 'slow' answers after the 2 s read timeout
+    elif kind == "trickle":  # a byte every 0.2 s, each within the 2 s read timeout: some 30 s in all
+        simulator.inject_fault("SENDSMS", kind, delay=0.2)
+    else:  # 'slow' answers after the 2 s read timeout; 'oversize' sends 64 MiB past the 1 MiB cap
+        simulator.inject_fault("SENDSMS", kind, delay=3.0)
     result = enqueue(bare_client(redis_url), recipients=[DLVRD_NUMBER], message="hello", sender="ACME",
                      order_id=f"FAULT{kind.upper().replace('_', '')}")
     store = order_store(redis_url)
@@ -92,9 +95,12 @@ def test_every_fault_on_sendsms_ends_in_exactly_one_billed_send(kind, redis_url,
     assert reply["status"] == "accepted"
     assert simulator.billed_sends(reply["order_id"]) == 1
     assert simulator.billed_sends() == 1
-    if kind in ("slow", "lost_answer"):  # processed: settled by SMSSTATUS, never sent again
+    if kind in ("slow", "lost_answer", "trickle", "oversize"):  # processed: settled by SMSSTATUS, never sent again
         assert simulator.count("SENDSMS") == 1
         assert simulator.count("SMSSTATUS") >= 1
+        assert store.get_order(reply["order_id"]).ambiguous_at  # the attempt was in doubt
+        if kind in ("trickle", "oversize"):  # its answer was cut: the worker closed the connection
+            wait_for(lambda: simulator.abandoned("SENDSMS") == 1, timeout=10, what="the provider sees it closed")
     else:  # not processed: one more SENDSMS after the provider said it did not know the order
         assert simulator.count("SENDSMS") == 2
     assert store.get_order(reply["order_id"]).state in ("accepted", "completed")

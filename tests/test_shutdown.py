@@ -16,7 +16,7 @@ from mobyt_worker.producer import connect, send_sms
 from .support import ROOT, wait_for
 
 #: Far longer than the test: a message seen in the queue came back by the shutdown, not by expiry.
-SHUTDOWN_ENV = {"MOBYT_VISIBILITY_TIMEOUT": "600", "MOBYT_READ_TIMEOUT": "30"}
+SHUTDOWN_ENV = {"MOBYT_VISIBILITY_TIMEOUT": "600", "MOBYT_READ_TIMEOUT": "30", "MOBYT_CALL_DEADLINE": "31"}
 
 
 def _sigterm(proc) -> None:

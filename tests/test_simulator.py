@@ -479,6 +479,23 @@ def test_slow_answer_times_out_after_the_send_was_billed(call: Call, sim: Provid
     assert [r.status for r in statuses(call, "SLOW1")] == [W]
 
 
+def test_a_trickled_answer_comes_whole_in_the_end_after_the_send_was_billed(call: Call, sim: ProviderSimulator) -> None:
+    sim.inject_fault("SENDSMS", "trickle", delay=0.001)
+    answer = _attempt_send(call, "TRICKLE1")
+    assert protocol.decode_send(answer.text).order_id == "TRICKLE1"
+    assert sim.billed_sends("TRICKLE1") == 1 and sim.abandoned("SENDSMS") == 0
+
+
+def test_an_oversize_answer_is_the_answer_then_blanks_all_announced(call: Call, server: SimulatorServer,
+                                                                    sim: ProviderSimulator) -> None:
+    fault = {"function": "SENDSMS", "kind": "oversize", "size": 100_000}
+    assert requests.post(server.url + "/_sim/fault", json=fault, timeout=5).ok
+    answer = _attempt_send(call, "HUGE1")
+    assert int(answer.headers["Content-Length"]) == len(answer.content) and answer.content.endswith(b" " * 100_000)
+    assert protocol.decode_send(answer.text).order_id == "HUGE1"  # blanks aside, a receipt
+    assert sim.billed_sends("HUGE1") == 1
+
+
 def test_ko_fault_has_a_default_code(call: Call, sim: ProviderSimulator) -> None:
     sim.inject_fault("credits", "ko")
     assert call("CREDITS").text == "KO|50|service temporarily unavailable"

@@ -1,7 +1,10 @@
 """What one provider request gets back over HTTP, and the faults that can be injected.
 
-``slow`` answers after an extra delay and ``lost_answer`` processes the request then
-drops the connection (the ambiguous case); every other kind answers without
+Four kinds process the request, then spoil the answer: ``slow`` sends it after an extra
+delay, ``lost_answer`` drops the connection instead (the ambiguous case), ``trickle``
+sends it one byte every ``delay`` seconds (1 s unless given), status line and headers
+included, and ``oversize`` follows it with ``size`` bytes of blanks (64 MiB unless
+given), all announced in its Content-Length. Every other kind answers without
 processing the request.
 """
 
@@ -13,9 +16,11 @@ from dataclasses import dataclass
 from .. import protocol
 
 FAULT_KINDS = frozenset({"http500", "http503", "http408", "http429", "html", "garbage", "empty", "drop", "ko", "slow",
-                         "lost_answer"})
+                         "lost_answer", "trickle", "oversize"})
 #: The faults that still let the request be processed.
-PROCESSED = frozenset({"slow", "lost_answer"})
+PROCESSED = frozenset({"slow", "lost_answer", "trickle", "oversize"})
+#: Blanks after an ``oversize`` answer unless the fault says how many: past both caps' defaults.
+OVERSIZE = 64 << 20
 #: What a flaky provider does to a send and to the two reads that settle a doubt: answers
 #: lost before or after it committed, 5xx, 408, 429, KO, garbage, a hang (bench/ soaks).
 FLAKY = {
@@ -38,6 +43,8 @@ class Reply:
     delay: float = 0.0  # seconds to wait before answering (latency, plus a "slow" fault)
     drop: bool = False  # close the connection without any answer
     headers: tuple[tuple[str, str], ...] = ()
+    trickle: float = 0.0  # seconds between two bytes of the answer (0: all at once)
+    pad: int = 0  # blanks sent after the body
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,20 @@ class Fault:
     delay: float
     code: str
     message: str
+    size: int = 0
+
+
+def processed_reply(fault: Fault | None, body: bytes, latency: float) -> Reply:
+    """The answer to a request that was processed, as a fault of :data:`PROCESSED` spoils it."""
+    if fault is None:
+        return Reply(body=body, delay=latency)
+    if fault.kind == "lost_answer":
+        return Reply(drop=True, delay=latency)
+    if fault.kind == "trickle":
+        return Reply(body=body, delay=latency, trickle=fault.delay or 1.0)
+    if fault.kind == "oversize":
+        return Reply(body=body, delay=latency, pad=fault.size or OVERSIZE)
+    return Reply(body=body, delay=latency + fault.delay)  # "slow"
 
 
 def fault_reply(fault: Fault, latency: float) -> Reply:

@@ -34,7 +34,7 @@ from .. import protocol
 from ..config import DEFAULT_PATHS
 from ..protocol import CreditRow, HistoryRow, RecipientStatus, SendReceipt
 from . import rules, timeline
-from .faults import FAULT_KINDS, PROCESSED, Fault, Reply, fault_reply
+from .faults import FAULT_KINDS, PROCESSED, Fault, Reply, fault_reply, processed_reply
 from .inbound import Inbound
 from .push import Pusher
 from .rules import KO_AUTH, KO_CREDITS, KO_INJECTED, KO_NOT_CANCELLABLE, KO_UNKNOWN_ORDER, Refused
@@ -123,6 +123,7 @@ class ProviderSimulator:
         self._billed_total = 0
         self._requests: deque[RecordedRequest] = deque(maxlen=self._max_recorded)
         self._counts: Counter[str] = Counter()
+        self._abandoned: Counter[str] = Counter()
         self._faults: dict[str, deque[Fault]] = {}
         self._inbox = Inbound()
         self._blacklist: set[str] = set()
@@ -139,6 +140,16 @@ class ProviderSimulator:
     def count(self, function: str) -> int:
         with self._lock:
             return self._counts[function]
+
+    def abandoned(self, function: str) -> int:
+        """Answers to ``function`` the client closed the connection on before they were all sent."""
+        with self._lock:
+            return self._abandoned[function]
+
+    def answer_abandoned(self, function: str) -> None:
+        """Called by the HTTP layer when the client went away in the middle of an answer."""
+        with self._lock:
+            self._abandoned[function] += 1
 
     def billed_sends(self, order_id: str | None = None) -> int:
         """Accepted SENDSMS calls (a send later removed by REMOVE_DELAYED still counts)."""
@@ -178,6 +189,7 @@ class ProviderSimulator:
         with self._lock:
             return {
                 "counts": dict(self._counts),
+                "abandoned": dict(self._abandoned),
                 "billed": self._billed_total,
                 "credits": {f"{t}|{n}": v for (t, n), v in self._credits.items()},
                 "orders": len(self._orders),
@@ -185,16 +197,17 @@ class ProviderSimulator:
             }
 
     def inject_fault(
-        self, function: str, kind: str, count: int = 1, *, delay: float = 0.0, code: str = "", message: str = ""
+        self, function: str, kind: str, count: int = 1, *, delay: float = 0.0, code: str = "", message: str = "",
+        size: int = 0,
     ) -> None:
         function = function.upper()
         if function not in FUNCTIONS:
             raise ValueError(f"unknown function {function!r}")
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
-        if count < 1 or delay < 0:
-            raise ValueError("count must be >= 1 and delay >= 0")
-        fault = Fault(kind, delay, code or KO_INJECTED, message or "service temporarily unavailable")
+        if count < 1 or delay < 0 or size < 0:
+            raise ValueError("count must be >= 1, delay and size >= 0")
+        fault = Fault(kind, delay, code or KO_INJECTED, message or "service temporarily unavailable", size)
         with self._lock:
             self._faults.setdefault(function, deque()).extend([fault] * count)
 
@@ -283,9 +296,7 @@ class ProviderSimulator:
             body = getattr(self, "_do_" + function.lower())(params)
         except Refused as refused:
             body = protocol.encode_ko(refused.code, refused.message)
-        if fault is not None and fault.kind == "lost_answer":
-            return Reply(drop=True, delay=latency)
-        return Reply(body=body.encode("utf-8"), delay=latency + (fault.delay if fault else 0.0))
+        return processed_reply(fault, body.encode("utf-8"), latency)
 
     def _authenticate(self, params: dict[str, str]) -> None:
         login_ok = hmac.compare_digest(params.get("login", "").encode(), self.login.encode())

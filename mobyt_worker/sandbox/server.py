@@ -55,7 +55,7 @@ def _opt_str(value: Any) -> str | None:
 def _fault(sim: ProviderSimulator, data: dict[str, Any], query: dict[str, list[str]]) -> Any:
     sim.inject_fault(
         str(data["function"]), str(data["kind"]), int(data.get("count", 1)), delay=float(data.get("delay", 0.0)),
-        code=str(data.get("code", "")), message=str(data.get("message", "")),
+        code=str(data.get("code", "")), message=str(data.get("message", "")), size=int(data.get("size", 0)),
     )  # fmt: skip
 
 
@@ -117,7 +117,11 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.drop:
             self.close_connection = True
             return
-        self._send(reply.status, reply.body, reply.content_type, reply.headers)
+        if reply.trickle:
+            self.close_connection = True
+            self.wfile = _Trickle(self.wfile, reply.trickle)  # type: ignore[assignment]
+        if not self._send(reply.status, reply.body, reply.content_type, reply.headers, reply.pad):
+            self.server.simulator.answer_abandoned(function)
 
     do_POST = do_GET
 
@@ -161,25 +165,48 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(value).encode(), "application/json")
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-              headers: tuple[tuple[str, str], ...] = ()) -> None:
+              headers: tuple[tuple[str, str], ...] = (), pad: int = 0) -> bool:
+        """Answer; False when the client went away before the answer was all sent."""
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             for name, value in headers:
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) + pad))
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
+            blanks = b" " * 65536
+            for start in range(0, pad, len(blanks)):
+                self.wfile.write(blanks[:pad - start])
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. a read timeout)
             self.close_connection = True
+            return False
+        return True
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.debug("%s %s -> %s", self.command, urlsplit(self.path).path, code)  # never the query
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("simulator http: %s", format)  # args may hold the request line (password)
+
+
+class _Trickle:
+    """A handler's output, written one byte every ``every`` seconds."""
+
+    def __init__(self, out: Any, every: float) -> None:
+        self._out, self._every = out, every
+
+    def write(self, data: bytes) -> int:
+        for i in range(len(data)):
+            self._out.write(data[i:i + 1])
+            self._out.flush()
+            time.sleep(self._every)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:  # flush, close, closed: the output's own
+        return getattr(self._out, name)
 
 
 class _HTTPServer(ThreadingHTTPServer):
