@@ -43,6 +43,9 @@ metric                                        type       labels
                                                          resend lifted: in_doubt, ...)
 ``mobyt_unknown_statuses_total``              counter    status (as the provider wrote it)
 ``mobyt_inbox_messages_total``                counter    source (poll, push, reconcile)
+``mobyt_pushes_ignored_total``                counter    reason: missing, cancelled, expired,
+                                                         failed, unknown_recipient
+``mobyt_pushes_rate_limited_total``           counter    callback: status, inbound
 ``mobyt_provider_requests_total``             counter    function, outcome (ok, rejected,
                                                          or the error class)
 ``mobyt_provider_request_seconds``            histogram  function
@@ -105,6 +108,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                 ("previous",)),
     "unknown_statuses": ("counter", "Recipient statuses the seed does not list, as written", ("status",)),
     "inbox_messages": ("counter", "Inbound SMS stored for the first time, by source", ("source",)),
+    "pushes_ignored": ("counter", "Status pushes acknowledged (200) but not recorded, by reason", ("reason",)),
+    "pushes_rate_limited": ("counter", "Pushes answered 429 past MOBYT_PUSH_RATE, by callback", ("callback",)),
     "provider_requests": ("counter", "HTTP requests to the provider, by function and outcome", ("function", "outcome")),
     "provider_request_seconds": ("histogram", "HTTP latency to the provider, by function", ("function",)),
     "intents_replayed": ("counter", "Queued sends published again by mobyt.replay_intents", ()),
