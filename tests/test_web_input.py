@@ -1,5 +1,6 @@
 """No 500 on bad input anywhere on the ``web`` process: each class of bad input by hand,
-in-process on fakeredis."""
+then schemathesis over every operation of the OpenAPI document (the push receiver's too),
+all in-process on fakeredis."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from typing import Iterator
 
 import falcon.testing
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance, missing_required_header, negative_data_rejection, response_headers_conformance,
+    response_schema_conformance, status_code_conformance, unsupported_method)
 
+from mobyt_worker import api
 from mobyt_worker.api import MAX_BODY as API_BODY
 from mobyt_worker.webhooks import MAX_BODY as PUSH_BODY
 from mobyt_worker.webio import MAX_DEPTH
@@ -137,3 +145,28 @@ def test_unknown_routes_and_methods_answer_in_the_one_shape(web):
                            (c.simulate_post(f"/callbacks/{WEBHOOK_TOKEN}/other"), 404)):
         assert answer.status_code == status, answer.text
         error_shape(answer)
+
+
+# --- schemathesis over the OpenAPI document -------------------------------------------------
+
+_WEB = WebApp(MOBYT_PUSH_RATE="0", MOBYT_API_RATE_LIMIT="0")
+schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", _WEB.app)
+# as the CLI's -H and a schemathesis.toml [parameters] would: cases built knowing them, so a
+# "missing Authorization" case stays missing rather than being made valid behind its back
+schema.config.update(headers=AUTH, parameters={"path.token": WEBHOOK_TOKEN})
+#: Every check but positive_data_acceptance: a number's country or a text's GSM length is no
+#: JSON Schema, so a 400 for data the document allows is right.
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance, negative_data_rejection, missing_required_header, unsupported_method]
+
+
+@schema.parametrize()
+@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+def test_no_operation_answers_5xx_or_outside_the_document(case, monkeypatch):
+    """Positive and negative cases of each operation (the document's examples among them: a
+    send that is enqueued, pushes that are stored); the callbacks get the real token, so
+    their forms are parsed, not just refused at the door. No worker runs: a cancel of an
+    order the API enqueued answers 202 after its wait, shortened here."""
+    monkeypatch.setattr(api, "CANCEL_WAIT", 0.05)
+    case.call_and_validate(checks=CHECKS)
