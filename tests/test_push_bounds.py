@@ -104,25 +104,29 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return now
 
 
-def test_pushes_past_the_rate_get_429_with_retry_after_and_store_nothing(frozen_clock):
-    for web in web_app(MOBYT_PUSH_RATE="5"):  # a second's worth (5) at once, then one per 0.2 s
-        store = web.rt.store
-        accepted(store, "RATE1", (A,))
-        forms = [{"order_id": "RATE1", "recipient": A, "status": s} for s in ("WAITING", "UNKNOWN") * 4]
-        answers = [web.push(STATUS, form) for form in forms]
-        assert [a.status_code for a in answers] == [200] * 5 + [429] * 3
-        refused = answers[-1]
-        assert error_shape(refused)["error"] == "rate_limited" and refused.headers["Retry-After"] == "1"
-        assert [h["status"] for h in store.get_order("RATE1").history] == ["WAITING", "UNKNOWN"] * 2 + ["WAITING"]
+@pytest.fixture
+def limited(frozen_clock: list[float]) -> Iterator[WebApp]:
+    yield from web_app(MOBYT_PUSH_RATE="5")  # a second's worth (5) at once, then one per 0.2 s
 
-        inbound = web.push(INBOUND, {"id": "7", "text": "oui", "sender": A, "recipient": "+33700000001",
-                                     "delivery_date": "20260309113910"})
-        assert inbound.status_code == 200  # a budget of its own: a status flood delays no STOP
-        frozen_clock[0] += 0.2
-        assert web.push(STATUS, forms[0]).status_code == 200  # one interval later: one more
-        assert web.push(STATUS, forms[1]).status_code == 429
-        web.rt.metrics.flush()
-        assert web.rt.metrics.read()["pushes_rate_limited"] == {("", '{"callback":"status"}'): 4.0}
+
+def test_pushes_past_the_rate_get_429_with_retry_after_and_store_nothing(limited, frozen_clock):
+    web, store = limited, limited.rt.store
+    accepted(store, "RATE1", (A,))
+    forms = [{"order_id": "RATE1", "recipient": A, "status": s} for s in ("WAITING", "UNKNOWN") * 4]
+    answers = [web.push(STATUS, form) for form in forms]
+    assert [a.status_code for a in answers] == [200] * 5 + [429] * 3
+    refused = answers[-1]
+    assert error_shape(refused)["error"] == "rate_limited" and refused.headers["Retry-After"] == "1"
+    assert [h["status"] for h in store.get_order("RATE1").history] == ["WAITING", "UNKNOWN"] * 2 + ["WAITING"]
+
+    inbound = web.push(INBOUND, {"id": "7", "text": "oui", "sender": A, "recipient": "+33700000001",
+                                 "delivery_date": "20260309113910"})
+    assert inbound.status_code == 200  # a budget of its own: a status flood delays no STOP
+    frozen_clock[0] += 0.2
+    assert web.push(STATUS, forms[0]).status_code == 200  # one interval later: one more
+    assert web.push(STATUS, forms[1]).status_code == 429
+    web.rt.metrics.flush()
+    assert web.rt.metrics.read()["pushes_rate_limited"] == {("", '{"callback":"status"}'): 4.0}
 
 
 def test_an_inbound_text_longer_than_the_longest_sms_is_refused_whole(web):
