@@ -11,6 +11,7 @@ a parent directory's, which may belong to another project or deployment.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -123,6 +124,7 @@ class Settings:
     broker_key_prefix: str = ""
     api_tokens: tuple[Secret, ...] = ()
     api_rate_limit: int = 600
+    push_rate: float = 50.0  # callbacks per second per webhook token and callback; 0: off
     heartbeat_interval: float = 10.0
     ready_provider_age: float = 900.0
     broker_url: str | None = None  # None: the Redis of REDIS_URL is the broker too
@@ -218,6 +220,7 @@ class Settings:
             broker_key_prefix=get("MOBYT_BROKER_KEY_PREFIX", _broker_prefix, d.broker_key_prefix),
             api_tokens=_tokens("MOBYT_API_TOKEN", env.get("MOBYT_API_TOKEN", "")),
             api_rate_limit=get("MOBYT_API_RATE_LIMIT", _non_negative(int), d.api_rate_limit),
+            push_rate=get("MOBYT_PUSH_RATE", _rate, d.push_rate),
             heartbeat_interval=get("MOBYT_HEARTBEAT_INTERVAL", _positive(float), d.heartbeat_interval),
             ready_provider_age=get("MOBYT_READY_PROVIDER_AGE", _positive(float), d.ready_provider_age),
             broker_url=get("MOBYT_BROKER_URL", _broker_url, d.broker_url),
@@ -320,6 +323,13 @@ def _non_negative(kind: Callable[[str], T]) -> Callable[[str], T]:
         return value
 
     return convert
+
+
+def _rate(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number of requests per second, 0 to turn the limit off")
+    return value
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:

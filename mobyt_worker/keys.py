@@ -7,7 +7,7 @@ key                                   type    content
 ====================================  ======  ==================================================
 ``P:order:{order_id}``                hash    the order record (see :class:`OrderRecord`)
 ``P:order:{order_id}:rcpt``           hash    recipient -> JSON {status, delivered_at, changed_at, final}
-``P:order:{order_id}:history``        list    JSON status changes, oldest first
+``P:order:{order_id}:history``        list    JSON status changes, oldest first; the newest 20 per recipient
 ``P:order:{order_id}:lock``           string  send lock: one attempt in flight per order
 ``P:intents``                         zset    order_id of a ``queued`` intent, scored by when to replay it
 ``P:orders``                          zset    order_id scored by creation time (recent orders)
@@ -85,6 +85,10 @@ class Keys:
 
     def api_rate(self, token_id: str, window: int) -> str:
         return f"{self.prefix}:api:rate:{token_id}:{window}"
+
+    def push_rate(self, callback: str, token_id: str) -> str:
+        """The push receiver's rate limiter clock for one callback and webhook token."""
+        return f"{self.prefix}:ratelimit:push:{callback}:{token_id}"
 
     def order_keys(self, order_id: str) -> list[str]:
         return [self.order(order_id), self.recipients(order_id), self.history(order_id)]

@@ -49,6 +49,9 @@ metric                                        type       labels
 ``mobyt_optout_orders_total``                 counter    outcome: what a STOP did to an order
                                                          scheduled before it (cancelled,
                                                          replaced, wait, too_late, nothing)
+``mobyt_pushes_ignored_total``                counter    reason: missing, cancelled, expired,
+                                                         failed, unknown_recipient
+``mobyt_pushes_rate_limited_total``           counter    callback: status, inbound
 ``mobyt_provider_requests_total``             counter    function, outcome (ok, rejected,
                                                          or the error class)
 ``mobyt_provider_request_seconds``            histogram  function
@@ -114,6 +117,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "inbound_bad_senders": ("counter", "Inbound SMS whose sender is no phone number (never an opt-out)",
                             ("source",)),
     "optout_orders": ("counter", "Orders scheduled before a STOP, by what applying it did to them", ("outcome",)),
+    "pushes_ignored": ("counter", "Status pushes acknowledged (200) but not recorded, by reason", ("reason",)),
+    "pushes_rate_limited": ("counter", "Pushes answered 429 past MOBYT_PUSH_RATE, by callback", ("callback",)),
     "provider_requests": ("counter", "HTTP requests to the provider, by function and outcome", ("function", "outcome")),
     "provider_request_seconds": ("histogram", "HTTP latency to the provider, by function", ("function",)),
     "intents_replayed": ("counter", "Queued sends published again by mobyt.replay_intents", ()),

@@ -3,6 +3,8 @@
 The request schema states the same limits the validation enforces where JSON Schema can
 (types, order id pattern, message types); what it cannot state (a number's country, a
 text's GSM length) is answered 400 naming the field, which the document also lists.
+With ``MOBYT_WEBHOOK_TOKEN`` set it also describes the push receiver (webhooks.py), its
+token a path parameter (never its value), so one schema-driven test covers every route.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from . import __version__
 from .config import Settings
 from .contract import ORDER_ID_PATTERN
+from .webhooks import MAX_BODY as PUSH_BODY, MAX_TEXT
 from .webio import ERROR_SCHEMA
 
 ORDER_ID = {"type": "string", "pattern": f"^{ORDER_ID_PATTERN}$"}
@@ -36,6 +39,11 @@ _COMMON = {
     "503": _error("Redis or the broker is unavailable; try again"),
 }
 
+_NUMBER = {"type": "string", "pattern": "^\\+?[0-9]{3,20}$"}
+_DATE = {"type": "string", "pattern": "^[0-9]{14}$", "description": "yyyymmddhhmmss, the provider's zone"}
+_NO_DATE = {**_DATE, "pattern": "^([0-9]{14})?$", "description": "yyyymmddhhmmss, for DLVRD; empty otherwise"}
+_FORM = "application/x-www-form-urlencoded"
+_PUSHED = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}
 _ORDER_PATH = [{"name": "order_id", "in": "path", "required": True, "schema": ORDER_ID}]
 _OBJECT = {"type": "object"}
 
@@ -72,8 +80,9 @@ def document(settings: Settings) -> dict[str, Any]:
                 "summary": "Validate, then enqueue one send (mobyt.send_sms)",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
-                "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/SendRequest"}}}},
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/SendRequest"},
+                    "example": {"recipients": ["+33612345678"], "message": "Your code is 1234", "sender": "ACME"}}}},
                 "responses": {
                     "202": _ok("enqueued (or the same order, for a repeated request)", accepted),
                     "400": _error("a field is invalid (named in field), or a recipient opted out"),
@@ -110,7 +119,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "/v1/inbound": {"get": {
                 "summary": "Inbound SMS with an id greater than `after`, oldest first",
                 "parameters": [
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after", "in": "query",
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                 ],
                 "responses": {"200": _ok("messages", {"type": "object", "required": ["messages", "next_after"]}),
@@ -120,5 +130,43 @@ def document(settings: Settings) -> dict[str, Any]:
                 "summary": "This document", "security": [],
                 "responses": {"200": _ok("the OpenAPI document", _OBJECT)},
             }},
+            **(_callbacks() if settings.webhook_token else {}),
         },
+    }
+
+
+def _callbacks() -> dict[str, Any]:
+    """The provider's two pushes: form-encoded, the secret in the path (no header)."""
+    token = [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "MOBYT_WEBHOOK_TOKEN"}]
+    status = {"type": "object", "required": ["order_id", "recipient", "status"], "properties": {
+        "order_id": ORDER_ID, "recipient": _NUMBER, "status": {"type": "string", "pattern": "^[A-Z0-9]{1,20}$"},
+        "delivery_date": _NO_DATE}}
+    inbound = {"type": "object", "required": ["id", "text", "sender", "recipient", "delivery_date"], "properties": {
+        "id": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+        "text": {"type": "string", "maxLength": MAX_TEXT},
+        "sender": _NUMBER, "recipient": _NUMBER, "delivery_date": _DATE}}
+    answers = {
+        "403": _error("wrong token"), "404": _error("no such callback"),
+        "413": _error(f"body over {PUSH_BODY // 1024} KiB"),
+        "415": _error("the body is not form-encoded"),
+        "429": _error("more than MOBYT_PUSH_RATE pushes a second", {"Retry-After": {"schema": {"type": "string"}}}),
+        "503": _COMMON["503"],
+    }
+
+    def push(summary: str, form: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
+        return {"post": {
+            "summary": summary, "security": [], "parameters": token,
+            "requestBody": {"required": True, "content": {_FORM: {"schema": form, "example": example}}},
+            "responses": {"200": _ok("recorded, or acknowledged and ignored", _PUSHED),
+                          "400": _error(f"a field is invalid (named in field; a text over {MAX_TEXT} characters)"),
+                          **answers},
+        }}
+
+    return {
+        "/callbacks/{token}/status": push("A recipient's status (the provider's push)", status, {
+            "order_id": "ORDER1", "recipient": "+33612345678", "status": "DLVRD", "delivery_date": "20260309120636"}),
+        "/callbacks/{token}/inbound": push("An inbound SMS (the provider's push)", inbound, {
+            "id": 7, "text": "Oui", "sender": "+33612345672", "recipient": "+33700000001",
+            "delivery_date": "20260309113910"}),
     }

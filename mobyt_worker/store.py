@@ -44,6 +44,11 @@ STATES = (QUEUED, SENDING, UNSENT, SCHEDULED, ACCEPTED, COMPLETED, EXPIRED, FAIL
 OPEN_STATES = frozenset({SENDING, UNSENT, SCHEDULED, ACCEPTED, IN_DOUBT})
 #: States of an order whose send is not settled: the due-set poller resolves them.
 UNSETTLED = frozenset({SENDING, UNSENT, IN_DOUBT})
+#: What :meth:`OrderStore.apply_statuses` answers for a push naming only recipients the order does not have.
+UNKNOWN_RECIPIENT = "unknown_recipient"
+#: History entries kept per recipient, its newest: a provider that pushes a status back and
+#: forth (WAITING, UNKNOWN, WAITING...) cannot grow the record without bound.
+HISTORY_PER_RECIPIENT = 20
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -291,7 +296,10 @@ class OrderStore:
         self, order_id: str, rows: Sequence[RecipientStatus], *, source: str, now: float | None = None
     ) -> list[dict[str, str]] | str:
         """Apply provider statuses; return the changes made (empty if none), or a state
-        name when the order is missing or closed (``missing``, ``cancelled``...)."""
+        name when the order is missing or closed (``missing``, ``cancelled``...), or
+        :data:`UNKNOWN_RECIPIENT` when every row of a push names a recipient the order does
+        not have (nothing is written: a push cannot add recipients once the order has its
+        own). Each recipient's history keeps its newest :data:`HISTORY_PER_RECIPIENT` entries."""
         now = time.time() if now is None else now
         payload = [  # the script maps the provider's spelling of each number onto ours
             [r.recipient, r.label, r.delivered_at.isoformat() if r.delivered_at else "",
@@ -302,9 +310,9 @@ class OrderStore:
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.history(order_id),
                   self.keys.due, self.keys.events, self.keys.in_doubt],
             args=[order_id, json.dumps(payload), source, now_iso(now), now, self.ttl, self.stream_maxlen,
-                  json.dumps(self.poll_intervals)],
+                  json.dumps(self.poll_intervals), HISTORY_PER_RECIPIENT],
         )
-        if result and result[0] in ("missing", CANCELLED, EXPIRED, FAILED):
+        if result and result[0] in ("missing", CANCELLED, EXPIRED, FAILED, UNKNOWN_RECIPIENT):
             return result[0]
         return [json.loads(change) for change in result]
 

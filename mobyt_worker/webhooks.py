@@ -12,13 +12,27 @@ Answers are small JSON documents: 200 ``{"ok": true, ...}``; errors in the one s
 of webio.py: 400 ``{"error": "invalid", "field": NAME, "message": ...}`` for a missing or malformed field (or a
 body that is not UTF-8: field ``body``); 403 for a wrong token (compared with
 :func:`hmac.compare_digest`; the answer never echoes it); 404, 405, 415 (not
-form-encoded); 413 past :data:`MAX_BODY` bytes; 503 when Redis is unavailable, so
-the provider may try again.
+form-encoded); 413 past :data:`MAX_BODY` bytes; 429 with ``Retry-After`` past
+``MOBYT_PUSH_RATE``; 503 when Redis is unavailable, so the provider may try again.
 
 A status goes through :meth:`OrderStore.apply_statuses` with ``source="push"`` and an
 inbound SMS through :meth:`InboxStore.store`: the very calls polling makes, each one
-atomic Lua script, so a fact that arrives by push and by poll is recorded once. A
-status for an order we do not track is acknowledged and ignored.
+atomic Lua script, so a fact that arrives by push and by poll is recorded once.
+
+Every push is bounded, so a flood (a faulty provider, or anyone who learnt the URL)
+cannot grow Redis: a status for an order we do not track, a closed one, or a recipient
+the order does not have is answered 200 ``{"ok": true, "ignored": REASON}`` and stores
+nothing (200, not 4xx: the provider would retry a refusal forever, and polling has the
+order's real statuses anyway); each is counted in ``mobyt_pushes_ignored_total{reason}``.
+A recipient's history keeps its newest :data:`~mobyt_worker.store.HISTORY_PER_RECIPIENT`
+transitions, trimmed in the script that appends. Each callback may take
+``MOBYT_PUSH_RATE`` requests a second per token (GCRA in Redis, ratelimit.py: shared by
+every web process; a second's worth may come at once), then 429 with ``Retry-After``
+(``mobyt_pushes_rate_limited_total{callback}``): a refused status is polled, a refused
+inbound SMS is read by SRNEWMESSAGES or reconciliation. An inbound text is one SMS, at
+most the provider's longest concatenated message (1000 characters, SPEC §2): a longer one
+is no genuine push and is refused whole (400, field ``text``, ``limit``) rather than
+stored cut; reconciliation would store the provider's own copy of a real one.
 
 The token must never reach a log: :func:`install_log_filter` masks the path segment
 after ``/callbacks/`` (and the token itself anywhere), with the workers' masking of phone
@@ -30,6 +44,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 from typing import Any, Callable, Iterable
 from urllib.parse import unquote_plus
@@ -39,10 +54,12 @@ import falcon
 from .errors import InvalidInput, ProviderBadResponse
 from .inbox import first_word
 from .logs import MaskFilter
+from .keys import Keys
 from .protocol import InboundMessage, RecipientStatus, Status, parse_date
+from .ratelimit import RateLimiter
 from .runtime import Runtime
 from .sms import validate_order_id
-from .webio import Problem, answer, invalid, read_body
+from .webio import Problem, answer, invalid, read_body, token_id
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +67,9 @@ log = logging.getLogger(__name__)
 #: is about 9 KB; the other fields are short.
 MAX_BODY = 16 * 1024
 MAX_FIELDS = 20
+#: Longest inbound text, in characters: the provider's longest SMS (SPEC §2).
+MAX_TEXT = 1000
+CALLBACKS = ("status", "inbound")
 _MASK = re.compile(r"(/callbacks/)[^/\s?#\"']*")
 _NUMBER = re.compile(r"\+?[0-9]{3,20}")
 _STATUS = re.compile(r"[A-Z0-9]{1,20}")
@@ -92,14 +112,25 @@ class Callbacks:
     def __init__(self, runtime: Runtime, token: str) -> None:
         self.runtime = runtime
         self._token = token.encode("utf-8")
+        self.limiters = _limiters(runtime, token_id(self._token, "mobyt-push"))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, token: str, kind: str) -> None:
         if not hmac.compare_digest(token.encode("utf-8", "replace"), self._token):
             raise Problem(403, "wrong callback token")
-        if kind not in ("status", "inbound"):
+        if kind not in CALLBACKS:
             raise Problem(404, "no such callback")
+        self._admit(kind)
         form = _read_form(req)
         answer(resp, self._status(form) if kind == "status" else self._inbound(form))
+
+    def _admit(self, kind: str) -> None:
+        """One slot of the callback's rate, or 429 saying when the next one is free."""
+        limiter = self.limiters.get(kind)
+        wait = limiter.try_acquire() if limiter else 0.0
+        if wait > 0:
+            self.runtime.metrics.inc("pushes_rate_limited", callback=kind)
+            raise Problem(429, f"more than {self.runtime.settings.push_rate:g} {kind} pushes a second",
+                          headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
     # --- the two callbacks -------------------------------------------------------------
 
@@ -113,6 +144,7 @@ class Callbacks:
         result = self.runtime.record_statuses(order_id, [row], source="push")
         if isinstance(result, str):
             log.info("status push for order %s ignored: %s", order_id, result)
+            self.runtime.metrics.inc("pushes_ignored", reason=result)
             return {"ok": True, "ignored": result}
         return {"ok": True, "changes": len(result)}
 
@@ -120,6 +152,8 @@ class Callbacks:
         tz = self.runtime.settings.timezone
         message_id = _field(form, "id", _message_id)
         text = _field(form, "text", str)
+        if len(text) > MAX_TEXT:
+            raise Problem(400, f"is longer than {MAX_TEXT} characters, the longest SMS", field="text", limit=MAX_TEXT)
         sender = _field(form, "sender", _number("sender"))
         receiver = _field(form, "recipient", _number("recipient"))
         received_at = _date(form, "delivery_date", tz, required=True)
@@ -128,6 +162,16 @@ class Callbacks:
         if new:
             self.runtime.metrics.inc("inbox_messages", source="push")
         return {"ok": True, "new": new}
+
+
+def _limiters(runtime: Runtime, tid: str) -> dict[str, RateLimiter]:
+    """One GCRA limiter per callback at ``MOBYT_PUSH_RATE`` (a second's worth may come at
+    once: the provider pushes a bulk send's statuses together); none when it is 0."""
+    rate, keys = runtime.settings.push_rate, Keys(runtime.settings.key_prefix)
+    if not rate:
+        return {}
+    return {kind: RateLimiter(runtime.redis, keys.push_rate(kind, tid), rate, burst=max(1.0, rate))
+            for kind in CALLBACKS}
 
 
 def add_routes(app: falcon.App, runtime: Runtime) -> None:

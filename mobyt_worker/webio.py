@@ -3,12 +3,20 @@
 Every error answer, whoever raises it (our code, Falcon's router, a Redis outage), is
 ``{"error": CODE, "message": TEXT}`` plus ``"field"`` when one input is at fault and a
 few named extras (``limit``, ``expected``), served as JSON.
+
+Bad input is never a 500: a body past its bound is 413 before it is read whole, a wrong
+content type 415, and a body that is not UTF-8, not JSON, or nested deeper than
+:data:`MAX_DEPTH` (Python's parser recurses: a thousand ``[`` exhaust its stack, a 500)
+is 400 naming ``body``. An answer that echoes a lone surrogate (``"\\udcff"`` is valid JSON) is
+served with ``\\u`` escapes rather than failing to encode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from http import HTTPStatus
 from typing import Any, Iterable
 
@@ -35,6 +43,13 @@ ERROR_SCHEMA = {
 }
 
 
+#: Deepest nesting of arrays and objects a JSON body may have; ours need 2.
+MAX_DEPTH = 32
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
 class Problem(falcon.HTTPError):
     """An error answer in the one shape; raise it from any responder."""
 
@@ -55,7 +70,19 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTP
         code = exc.status_code
         body = {"error": CODES.get(code, "error"), "message": exc.description or HTTPStatus(code).phrase}
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps(body, ensure_ascii=False)
+    resp.data = _encode(body)
+
+
+def _encode(body: Any) -> bytes:
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a client's own JSON
+        return json.dumps(body).encode("ascii")
+
+
+def token_id(token: bytes, scope: str) -> str:
+    """What Redis keys (and derived order ids) use instead of a token itself."""
+    return hashlib.sha256(scope.encode("ascii") + b":" + token).hexdigest()[:16]
 
 
 def redis_unavailable(req: falcon.Request, resp: falcon.Response, exc: redis.RedisError, params: Any) -> None:
@@ -74,7 +101,7 @@ def internal(req: falcon.Request, resp: falcon.Response, exc: Exception, params:
 def answer(resp: falcon.Response, body: Any, status: int = 200) -> None:
     resp.status = falcon.code_to_http_status(status)
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps(body, ensure_ascii=False)
+    resp.data = _encode(body)
 
 
 def read_body(req: falcon.Request, limit: int, media_types: Iterable[str]) -> bytes:
@@ -95,3 +122,35 @@ def read_body(req: falcon.Request, limit: int, media_types: Iterable[str]) -> by
     if len(body) > limit:
         raise too_large
     return body
+
+
+def read_json(req: falcon.Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, at most ``limit`` bytes and :data:`MAX_DEPTH` levels deep."""
+    body = read_body(req, limit, ("application/json",))
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("body", "is not valid UTF-8 JSON") from None
+    if too_deep(text):
+        raise invalid("body", f"nests arrays and objects deeper than {MAX_DEPTH} levels")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise invalid("body", "is not valid UTF-8 JSON") from None
+    if not isinstance(data, dict):
+        raise invalid("body", "must be a JSON object")
+    return data
+
+
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether the arrays and objects of JSON ``text`` nest deeper than ``limit``, found
+    without parsing it and in linear time: escapes, then strings, cut out; brackets counted."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    if len(brackets) <= limit:
+        return False
+    depth = 0
+    for char in brackets:
+        depth += 1 if char in "[{" else -1
+        if depth > limit:
+            return True
+    return False

@@ -332,19 +332,29 @@ def test_every_request_queued_by_the_api_passed_validation(api, api_rt):
     assert len(queued(api_rt)) == 1
 
 
-def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(api, api_rt):
-    """The OpenAPI document against the live API, a bounded number of examples."""
+def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(api_env, tmp_path, start_process):
+    """The OpenAPI document against the live API and push receiver, a bounded number of
+    examples; the callbacks' path gets the webhook token (a schemathesis.toml parameter).
+    A worker answers the cancels of the orders its sends created."""
+    start_process("worker")
+    hook = "push-" + uuid.uuid4().hex
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(f'[parameters]\n"path.token" = "{hook}"\n', encoding="utf-8")
     st = str(Path(sys.executable).with_name("schemathesis"))
-    run = subprocess.run([st, "run", f"{api}/v1/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
-                          "--max-examples", "25", "--checks", "all", "--no-color", "--seed", "1",
-                          # a number's country or a text's GSM length is not JSON Schema: 400 is right
-                          "--exclude-checks", "positive_data_acceptance"],
-                         capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stdout[-6000:]
-    assert "No issues found" in run.stdout or "passed" in run.stdout.lower()
-    s = api_rt.settings
-    for kw in queued(api_rt):  # every send it got enqueued validates as the worker will
-        build_send_request(recipients=kw["recipients"], message=kw["message"], message_type=kw["message_type"],
-                           sender=kw["sender"], order_id=kw["order_id"], scheduled_at=kw["scheduled_at"],
-                           return_credits=kw["return_credits"], tz=s.timezone,
-                           now=__import__("datetime").datetime.now(s.timezone))
+    env = {**api_env, "MOBYT_WEBHOOK_TOKEN": hook, "MOBYT_PUSH_RATE": "0"}
+    with served(env) as (url, api_rt):
+        run = subprocess.run([st, "--config-file", str(config), "run", f"{url}/v1/openapi.json",
+                              "-H", f"Authorization: Bearer {TOKEN}",
+                              "--max-examples", "25", "--checks", "all", "--no-color", "--seed", "1",
+                              # a number's country or a text's GSM length is not JSON Schema: 400 is right
+                              "--exclude-checks", "positive_data_acceptance"],
+                             capture_output=True, text=True, timeout=400)
+        assert run.returncode == 0, run.stdout[-6000:]
+        assert "No issues found" in run.stdout or "passed" in run.stdout.lower()
+        assert api_rt.inbox.count() >= 1  # the push receiver was tested past its token
+        s = api_rt.settings
+        for kw in queued(api_rt):  # every send it got enqueued validates as the worker will
+            build_send_request(recipients=kw["recipients"], message=kw["message"], message_type=kw["message_type"],
+                               sender=kw["sender"], order_id=kw["order_id"], scheduled_at=kw["scheduled_at"],
+                               return_credits=kw["return_credits"], tz=s.timezone,
+                               now=__import__("datetime").datetime.now(s.timezone))

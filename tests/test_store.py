@@ -219,7 +219,8 @@ def test_a_recorded_batch_ends_its_intent_but_never_a_real_order(store):
 
 
 def in_doubt(store: OrderStore, oid: str) -> None:
-    _, _, token = store.claim_send(oid, {"message_type": "N"}, lock_seconds=5)
+    # recipient_count, as the send task claims: a push may add that many recipients before acceptance
+    _, _, token = store.claim_send(oid, {"message_type": "N", "recipient_count": 1}, lock_seconds=5)
     store.release_send(oid, token)  # the attempt may have reached the provider
     assert store.mark_in_doubt(oid, ProviderConnectError("no answer"))
 
