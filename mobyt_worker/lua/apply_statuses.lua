@@ -1,12 +1,14 @@
 -- Apply per-recipient statuses (from a poll or a push). A recipient changes at most once per
 -- distinct status, never leaves a final status and never moves back (a late WAITING pushed
 -- after WAIT4DLVR was polled), so racing polls and pushes emit one event per change.
+-- Applied to an order they may complete (or have completed); any other state is returned
+-- as it is, nothing written.
 local order, rcpt, hist, due, events, doubt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local oid, rows, source, at = ARGV[1], cjson.decode(ARGV[2]), ARGV[3], ARGV[4]
 local now, ttl, maxlen, intervals = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], cjson.decode(ARGV[8])
 local state = redis.call('HGET', order, 'state')
 if not state then return {'missing'} end
-if state == 'cancelled' or state == 'expired' or state == 'failed' then return {state} end
+if state ~= STATE.COMPLETED and not move('complete', state) then return {state} end
 local batch = redis.call('HGET', order, 'batch_id') or ''
 local known, sent = redis.call('HKEYS', rcpt), {}
 for _, k in ipairs(known) do sent[k] = true end
@@ -39,10 +41,11 @@ for _, row in ipairs(rows) do
 end
 local polls = tonumber(redis.call('HGET', order, 'polls') or '0')
 if source == 'poll' then polls = redis.call('HINCRBY', order, 'polls', 1) end
-if state == 'scheduled' then
+local sent = move('sent', state)
+if sent then
   for _, row in ipairs(rows) do
     if row[2] ~= 'SCHEDULED' then
-      state = 'accepted'
+      state = sent
       redis.call('HSET', order, 'state', state)
       break
     end
@@ -53,11 +56,12 @@ for _, v in ipairs(redis.call('HVALS', rcpt)) do
   if cjson.decode(v)['final'] ~= 1 then final = false break end
 end
 if final and redis.call('HLEN', rcpt) > 0 then
-  if state ~= 'completed' then
-    redis.call('HSET', order, 'state', 'completed', 'final', 1, 'completed_at', at)
+  local completed = move('complete', state)
+  if completed then
+    redis.call('HSET', order, 'state', completed, 'final', 1, 'completed_at', at)
     redis.call('ZREM', doubt, oid)  -- a push may settle an order in doubt
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'order', 'order_id', oid,
-      'state', 'completed', 'batch_id', batch, 'at', at)
+      'state', completed, 'batch_id', batch, 'at', at)
   end
   redis.call('ZREM', due, oid)
 elseif source == 'poll' then
