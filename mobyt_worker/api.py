@@ -38,6 +38,7 @@ from .openapi import document
 from .keys import Keys
 from .runtime import Runtime
 from .sms import build_send_request, validate_order_id
+from .states import QUEUED
 from .webio import Problem, answer, invalid, read_json
 
 #: A send's JSON body: a 1000-character text of escaped 6-byte characters and 500 numbers fit.
@@ -141,7 +142,7 @@ class Sms:
                 raise Problem(409, "this order id was already used for a different request",
                               field="order_id" if body.get("order_id") else "Idempotency-Key")
             record = rt.store.get_order(order_id, with_history=False)
-            answer(resp, {"order_id": order_id, "status": record.state if record else "queued",
+            answer(resp, {"order_id": order_id, "status": record.state if record else QUEUED,
                           "links": links(order_id, bulk)}, 202)
             return
         try:
@@ -149,7 +150,7 @@ class Sms:
         except Exception as exc:
             rt.redis.delete(key)
             raise Problem(503, f"not enqueued ({type(exc).__name__}); retry with the same order id") from None
-        answer(resp, {"order_id": order_id, "status": "queued", "links": links(order_id, bulk)}, 202)
+        answer(resp, {"order_id": order_id, "status": QUEUED, "links": links(order_id, bulk)}, 202)
 
     @staticmethod
     def _order_id(req: falcon.Request) -> str:
@@ -181,7 +182,7 @@ class Order:
         if record is not None:
             answer(resp, record.to_dict())
         elif self.runtime.redis.exists(self.keys.api_order(order_id)):  # enqueued, not yet taken
-            answer(resp, {"order_id": order_id, "state": "queued"})
+            answer(resp, {"order_id": order_id, "state": QUEUED})
         else:
             raise Problem(404, "no such order", field="order_id")
 

@@ -9,7 +9,8 @@ index entry; the beat job ``mobyt.replay_intents`` publishes the still-``queued`
 again with the same task id and kwargs. A replay of a message that was not lost is
 harmless: the claim sees the order and sends nothing twice.
 
-One call writes an intent (any language can do the same with ``EVAL``: see the README)::
+One call writes an intent (any language can do the same with ``EVAL`` of the script as
+registered, ``scripts.source("record_intent")``: see docs/reference.md)::
 
     Intents(redis_client, "mobyt", ttl=..., replay_after=120).record(order_id, task_id, kwargs)
 """
@@ -27,8 +28,7 @@ from . import scripts
 from .keys import Keys
 from .store import now_iso
 from .replicas import Replicas
-
-QUEUED = "queued"
+from .states import QUEUED
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ read, never a scan of the orders.
 Multi-key changes run as Lua scripts so that they are atomic and cost one round trip:
 two workers applying the same status see one change and emit one event. Tracking keys
 expire ``order_ttl`` seconds (30 days, like the provider's memory) after their last change.
+Every change of an order's state, here or in a script, is an event of states.py's table,
+refused (nothing written, no event) from a state the table does not move it from.
 """
 
 from __future__ import annotations
@@ -28,22 +30,9 @@ from . import scripts
 from .errors import OrderNotFound, OrderNotResendable, scrub
 from .keys import Keys
 from .protocol import RecipientStatus
+from .states import IN_DOUBT, SENDING, STATES, TRANSITIONS, UNSENT, UNSETTLED, Event, OrderState, sources
+from .states import ACCEPTED, CANCELLED, COMPLETED, EXPIRED, FAILED, OPEN_STATES, QUEUED, SCHEDULED  # imported from here too
 
-#: Order states, in the order an order moves through them.
-QUEUED = "queued"  # intent written by a producer before publishing; no attempt yet
-SENDING = "sending"  # claimed; an attempt may be in flight (ambiguous after a crash)
-UNSENT = "unsent"  # the last attempt surely never reached the provider
-SCHEDULED = "scheduled"  # accepted for a later time
-ACCEPTED = "accepted"  # accepted; statuses are being followed
-COMPLETED = "completed"  # every recipient has a final status
-EXPIRED = "expired"  # the provider no longer knows the order (30 days)
-FAILED = "failed"  # refused by the provider; never sent
-CANCELLED = "cancelled"  # scheduled send removed
-IN_DOUBT = "in_doubt"  # an attempt may have reached the provider and no read settled it in time
-STATES = (QUEUED, SENDING, UNSENT, SCHEDULED, ACCEPTED, COMPLETED, EXPIRED, FAILED, CANCELLED, IN_DOUBT)
-OPEN_STATES = frozenset({SENDING, UNSENT, SCHEDULED, ACCEPTED, IN_DOUBT})
-#: States of an order whose send is not settled: the due-set poller resolves them.
-UNSETTLED = frozenset({SENDING, UNSENT, IN_DOUBT})
 #: What :meth:`OrderStore.apply_statuses` answers for a push naming only recipients the order does not have.
 UNKNOWN_RECIPIENT = "unknown_recipient"
 #: History entries kept per recipient, its newest: a provider that pushes a status back and
@@ -68,7 +57,7 @@ class OrderRecord:
     """What anyone may ask about an order. Never holds credentials."""
 
     order_id: str
-    state: str
+    state: OrderState
     message_type: str
     sender: str | None
     created_at: str
@@ -189,26 +178,25 @@ class OrderStore:
     ) -> str:
         """Record acceptance once; returns the state the order is now in. With
         ``release_token``, the send lock it holds is released in the same call."""
-        state = SCHEDULED if scheduled else ACCEPTED
+        event = Event.SCHEDULE if scheduled else Event.ACCEPT
         at = now_iso()
         extra = {"accepted_at": at, **(fields or {})}
         scheduled_at = first_poll_at - self.poll_intervals[0] if scheduled else None
         return self._accept(
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.due, self.keys.events,
                   self.keys.send_lock(order_id), self.keys.in_doubt],
-            args=[order_id, state, json.dumps(_flatten(extra)), json.dumps(list(recipients)), first_poll_at,
+            args=[order_id, event, json.dumps(_flatten(extra)), json.dumps(list(recipients)), first_poll_at,
                   self.ttl_for(scheduled_at), self.stream_maxlen, at, release_token or ""],
         )
 
     def mark_unsent(self, order_id: str, error: Exception, token: str) -> None:
         """Attempt ``token`` surely did not reach the provider (and, since it was allowed to
         send, no earlier one did): the doubt its claim raised ends; a later attempt may send."""
-        self._set_if_state(order_id, {SENDING}, UNSENT, error, doubt=0, when={"attempt_token": token})
+        self._set_if_state(order_id, Event.UNSENT, error, doubt=0, when={"attempt_token": token})
 
     def end_doubt(self, order_id: str, token: str) -> bool:
         """Clean evidence that no attempt reached the provider; ``token`` holds the send lock."""
-        return self._set_if_state(order_id, {SENDING, UNSENT}, UNSENT, None, doubt=0,
-                                  lock=(self.keys.send_lock(order_id), token))
+        return self._set_if_state(order_id, Event.ABSENT, None, doubt=0, lock=(self.keys.send_lock(order_id), token))
 
     def note_ambiguous(self, order_id: str, error: Exception, next_check: float) -> None:
         """The attempt may have reached the provider: it stays in doubt, settled later on evidence."""
@@ -220,21 +208,16 @@ class OrderStore:
 
     def mark_failed(self, order_id: str, error: Exception, *, allowed: Iterable[str] = (SENDING, UNSENT)) -> bool:
         """Terminal, nothing billed: the provider refused the send, it was never valid, or
-        clean evidence shows it never reached the provider. Only from ``allowed`` states."""
-        if not self._set_if_state(order_id, set(allowed), FAILED, error, final=1, doubt=0,
-                                  drop=(self.keys.due, self.keys.intents)):
-            return False
-        self._event({"type": "order", "order_id": order_id, "state": FAILED,
-                     "error_code": getattr(error, "code", ""), "at": now_iso()})
-        return True
+        clean evidence shows it never reached the provider. Only from ``allowed`` states
+        (some of those the table lets ``fail`` leave)."""
+        return self._set_if_state(order_id, Event.FAIL, error, only=allowed, final=1, doubt=0,
+                                  drop=(self.keys.due, self.keys.intents),
+                                  emit={"error_code": getattr(error, "code", "")})
 
     def mark_in_doubt(self, order_id: str, error: Exception | None) -> bool:
         """Still in doubt past MOBYT_DOUBT_LIMIT: never sent again automatically; True on the change."""
-        if not self._set_if_state(order_id, {SENDING, UNSENT}, IN_DOUBT, error, when={"doubt": "1"},
-                                  index=(self.keys.in_doubt, time.time() + self.ttl)):
-            return False
-        self._event({"type": "order", "order_id": order_id, "state": IN_DOUBT, "at": now_iso()})
-        return True
+        return self._set_if_state(order_id, Event.DOUBT, error, when={"doubt": "1"},
+                                  index=(self.keys.in_doubt, time.time() + self.ttl))
 
     def allow_resend(self, order_id: str) -> OrderRecord:
         """An operator accepts a possible duplicate: the doubt is lifted by decision, not
@@ -243,11 +226,9 @@ class OrderStore:
         if record.state not in UNSETTLED or self.redis.exists(self.keys.send_lock(order_id)):
             raise OrderNotResendable(order_id, f"it is {record.state}" + (", an attempt is in flight"
                                                                          if record.state in UNSETTLED else ""))
-        if not self._set_if_state(order_id, set(UNSETTLED), UNSENT, None, doubt=0):
+        if not self._set_if_state(order_id, Event.RESEND, None, doubt=0, emit={"previous": record.state}):
             raise OrderNotResendable(order_id, "it changed meanwhile")
         self.redis.hincrby(self.keys.order(order_id), "resends", 1)
-        self._event({"type": "order", "order_id": order_id, "state": "resend", "previous": record.state,
-                     "at": now_iso()})
         return self.require_order(order_id)
 
     def defer(self, order_id: str, at: float) -> None:
@@ -261,12 +242,18 @@ class OrderStore:
         """Keep the last transient error on the record for operators."""
         self.redis.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], _error_fields(error)))
 
-    def _set_if_state(self, order_id: str, allowed: set[str], state: str, error: Exception | None, *,
-                      when: dict[str, str] | None = None, lock: tuple[str, str] | None = None,
-                      drop: Sequence[str] = (), index: tuple[str, float] | None = None, **more: Any) -> bool:
-        """Change the state if it is in ``allowed`` (and the fields in ``when`` match, and
-        ``lock`` holds its token): one optimistic transaction. True if it changed. ``index``
-        (a zset, a score) gets the order; leaving ``in_doubt`` drops it from ``P:doubt``."""
+    def _set_if_state(self, order_id: str, event: Event, error: Exception | None, *,
+                      only: Iterable[str] | None = None, when: dict[str, str] | None = None,
+                      lock: tuple[str, str] | None = None, drop: Sequence[str] = (),
+                      index: tuple[str, float] | None = None, emit: dict[str, Any] | None = None,
+                      **more: Any) -> bool:
+        """Move the order by ``event`` if its state is one the table moves it from (of those,
+        only those in ``only``), the fields in ``when`` match and ``lock`` holds its token:
+        one optimistic transaction, with the event's ``type=order`` entry (plus ``emit``), if
+        it has one. True if it moved. ``index`` (a zset, a score) gets the order; leaving
+        ``in_doubt`` drops it from ``P:doubt``."""
+        move, allowed = TRANSITIONS[event], sources(event, only)
+        state = cast(OrderState, move.target)  # (no Python writer removes a record)
         if IN_DOUBT in allowed and state != IN_DOUBT:
             drop = (*drop, self.keys.in_doubt)
         key = self.keys.order(order_id)
@@ -286,6 +273,11 @@ class OrderStore:
                     pipe.zrem(zset, order_id)
                 if index is not None:
                     pipe.zadd(index[0], {order_id: index[1]})
+                if move.emits is not None:
+                    entry = {"type": "order", "order_id": order_id, "state": move.emits, **(emit or {}),
+                             "at": now_iso()}
+                    pipe.xadd(self.keys.events, {k: "" if v is None else v for k, v in entry.items()},
+                              maxlen=self.stream_maxlen, approximate=True)
 
         self.redis.transaction(update, *([key, lock[0]] if lock else [key]))
         return changed
@@ -295,11 +287,12 @@ class OrderStore:
     def apply_statuses(
         self, order_id: str, rows: Sequence[RecipientStatus], *, source: str, now: float | None = None
     ) -> list[dict[str, str]] | str:
-        """Apply provider statuses; return the changes made (empty if none), or a state
-        name when the order is missing or closed (``missing``, ``cancelled``...), or
-        :data:`UNKNOWN_RECIPIENT` when every row of a push names a recipient the order does
-        not have (nothing is written: a push cannot add recipients once the order has its
-        own). Each recipient's history keeps its newest :data:`HISTORY_PER_RECIPIENT` entries."""
+        """Apply provider statuses; return the changes made (empty if none), or the state
+        when statuses can neither complete the order nor have (``missing``, ``queued``,
+        ``cancelled``...): then nothing is written; or :data:`UNKNOWN_RECIPIENT` when every
+        row of a push names a recipient the order does not have (nothing is written: a push
+        cannot add recipients once the order has its own). Each recipient's history keeps
+        its newest :data:`HISTORY_PER_RECIPIENT` entries."""
         now = time.time() if now is None else now
         payload = [  # the script maps the provider's spelling of each number onto ours
             [r.recipient, r.label, r.delivered_at.isoformat() if r.delivered_at else "",
@@ -312,7 +305,7 @@ class OrderStore:
             args=[order_id, json.dumps(payload), source, now_iso(now), now, self.ttl, self.stream_maxlen,
                   json.dumps(self.poll_intervals), HISTORY_PER_RECIPIENT],
         )
-        if result and result[0] in ("missing", CANCELLED, EXPIRED, FAILED, UNKNOWN_RECIPIENT):
+        if result and (result[0] in ("missing", UNKNOWN_RECIPIENT) or result[0] in STATES):
             return result[0]
         return [json.loads(change) for change in result]
 
@@ -323,15 +316,9 @@ class OrderStore:
         """Due order ids (at most ``limit``), leased for ``lease`` seconds. O(log N + limit)."""
         return self._claim_due(keys=[self.keys.due], args=[time.time() if now is None else now, limit, lease])
 
-    def expire_order(self, order_id: str) -> None:
-        """The provider forgets statuses after 30 days: stop following the order."""
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.order(order_id), mapping={"state": EXPIRED, "final": 1})
-            self._refresh_ttl(pipe, order_id)
-            pipe.zrem(self.keys.due, order_id)
-            pipe.zrem(self.keys.in_doubt, order_id)
-            pipe.execute()
-        self._event({"type": "order", "order_id": order_id, "state": EXPIRED, "at": now_iso()})
+    def expire_order(self, order_id: str) -> bool:
+        """The provider forgets statuses after 30 days: stop following the order. True on the change."""
+        return self._set_if_state(order_id, Event.EXPIRE, None, final=1, drop=(self.keys.due,))
 
     def _refresh_ttl(self, pipe: redis.client.Pipeline, order_id: str) -> None:
         """Tracking keys live ``ttl`` seconds after the order's last change, whatever it was."""
@@ -339,24 +326,16 @@ class OrderStore:
             pipe.expire(key, self.ttl)
 
     def mark_cancelled(self, order_id: str, *, recipients: Iterable[str] = (), replaced_by: str | None = None,
-                       reason: str = "") -> None:
+                       reason: str = "") -> bool:
         """The provider no longer holds the order: out of the due set and of ``recipients``'
-        scheduled indexes. ``replaced_by``: the order made for the recipients still wanted."""
-        fields: dict[str, str | int] = {"state": CANCELLED, "cancelled": 1, "final": 1, "cancelled_at": now_iso()}
+        scheduled indexes. ``replaced_by``: the order made for the recipients still wanted.
+        True on the change."""
+        fields: dict[str, Any] = {"cancelled": 1, "final": 1, "cancelled_at": now_iso()}
         if replaced_by:
             fields["replaced_by"] = replaced_by
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], fields))
-            self._refresh_ttl(pipe, order_id)
-            pipe.zrem(self.keys.due, order_id)
-            pipe.zrem(self.keys.in_doubt, order_id)
-            for number in recipients:
-                pipe.zrem(self.keys.scheduled(number), order_id)
-            pipe.execute()
-        event = {"type": "order", "order_id": order_id, "state": CANCELLED, "at": now_iso()}
-        if reason:
-            event.update(reason=reason, replaced_by=replaced_by or "")
-        self._event(event)
+        return self._set_if_state(
+            order_id, Event.CANCEL, None, drop=(self.keys.due, *(self.keys.scheduled(n) for n in recipients)),
+            emit={"reason": reason, "replaced_by": replaced_by or ""} if reason else None, **fields)
 
     # --- batches -----------------------------------------------------------------------
 
@@ -420,10 +399,6 @@ class OrderStore:
         """Orders ``in_doubt`` now: O(1), past the entries whose record expired (dropped here)."""
         return in_doubt_count(self.redis, self.keys)
 
-    def _event(self, fields: dict[str, Any]) -> None:
-        self.redis.xadd(self.keys.events, {k: "" if v is None else v for k, v in fields.items()},
-                        maxlen=self.stream_maxlen, approximate=True)
-
 
 def in_doubt_count(client: redis.Redis, keys: Keys) -> int:
     """``P:doubt``'s size once the entries of records that expired are dropped; for readers
@@ -457,7 +432,7 @@ def _record(raw: dict[str, str], rcpt: dict[str, str], history: list[str]) -> Or
             changed_at=data.get("changed_at") or None, final=data.get("final") == 1,
         )
     return OrderRecord(
-        order_id=raw["order_id"], state=raw.get("state", ""), message_type=raw.get("message_type", ""),
+        order_id=raw["order_id"], state=OrderState(raw["state"]), message_type=raw.get("message_type", ""),
         sender=opt("sender"), created_at=raw.get("created_at", ""), scheduled_at=opt("scheduled_at"),
         accepted_at=opt("accepted_at"), recipients=recipients, polls=int(raw.get("polls") or 0),
         final=raw.get("final") == "1", cancelled=raw.get("cancelled") == "1", credits=opt_int("credits"),

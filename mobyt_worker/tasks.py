@@ -349,8 +349,9 @@ def _send_result(rt: Runtime, order_id: str, request: sms.SendRequest, state: st
     if state == FAILED:
         record = rt.store.require_order(order_id)
         raise ProviderRejected(f"order {order_id} was refused earlier: {record.error or ''}", record.error_code or "")
-    status = {SCHEDULED: "scheduled", CANCELLED: "cancelled", IN_DOUBT: IN_DOUBT, SENDING: IN_DOUBT,
-              UNSENT: IN_DOUBT}.get(state, "accepted")
+    statuses: dict[str, str] = {SCHEDULED: "scheduled", CANCELLED: "cancelled", IN_DOUBT: IN_DOUBT,
+                                SENDING: IN_DOUBT, UNSENT: IN_DOUBT}
+    status = statuses.get(state, "accepted")
     return {"order_id": order_id, "recipients": list(request.recipients),
             "credits": credits if credits is not None else request.credits, "status": status}
 

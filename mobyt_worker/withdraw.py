@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .contract import replacement_order_id
 from .errors import ProviderRejected, ProviderUnavailable
-from .intents import QUEUED
 from .sms import mask_number
-from .store import IN_DOUBT, SCHEDULED, SENDING, UNSENT, OrderRecord
+from .states import IN_DOUBT, QUEUED, SCHEDULED, SENDING, UNSENT
+from .store import OrderRecord
 
 if TYPE_CHECKING:
     from .runtime import Runtime

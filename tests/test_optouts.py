@@ -95,7 +95,8 @@ def test_a_scheduled_claim_indexes_the_order_under_each_recipient_until_its_time
     verdict, _, _ = store.claim_send("S3", meta, lock_seconds=5, recipients=[OTHER, "+33612345673"],
                                      scheduled_epoch=later)
     assert verdict == "optout" and store.scheduled_for(OTHER) == ["S1"]  # refused: nothing indexed
-    store.mark_cancelled("S1", recipients=[STOPPED, OTHER])
+    store.mark_accepted("S1", scheduled=True, recipients=[STOPPED, OTHER], first_poll_at=later)
+    assert store.mark_cancelled("S1", recipients=[STOPPED, OTHER])
     assert store.scheduled_for(OTHER) == [] and store.scheduled_for(STOPPED) == ["S2"]
 
 

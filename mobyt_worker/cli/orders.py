@@ -8,7 +8,7 @@ from collections import Counter
 
 from .. import errors
 from ..runtime import Runtime
-from ..store import STATES
+from ..states import STATES
 from .output import emit, orders_table, painter, table
 from .resources import checked_order_id, open_runtime
 
@@ -46,7 +46,7 @@ def cmd_order(args: argparse.Namespace) -> int:
 
 
 def orders_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--status", action="extend", nargs="+", choices=STATES, metavar="STATE", dest="states",
+    p.add_argument("--status", action="extend", nargs="+", choices=[str(s) for s in STATES], metavar="STATE", dest="states",
                    help=f"only orders in these states: {', '.join(STATES)}")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N orders, newest first (20)")
 

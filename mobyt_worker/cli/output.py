@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import date, datetime
 from typing import Any, Callable, Sequence
 
+from ..states import ACCEPTED, CANCELLED, COMPLETED, EXPIRED, FAILED, SCHEDULED, SENDING, UNSENT
 from ..store import OrderRecord
 
 
@@ -60,12 +61,12 @@ def emit(args: argparse.Namespace, data: Any, human: str) -> int:
 #: Terminal colours (SGR codes) of statuses and order states.
 _GOOD, _BAD, _OPEN, _DIM = "32", "31", "33", "2"
 _COLOURS = {
-    **dict.fromkeys(("DLVRD", "completed"), _GOOD),
+    **dict.fromkeys(("DLVRD", COMPLETED), _GOOD),
     **dict.fromkeys(("ERROR", "TIMEOUT", "TOOM4NUM", "TOOM4USER", "UNKNPFX", "UNKNRCPT", "BLACKLISTED", "UNKNOWN",
-                     "failed", "expired"), _BAD),
-    **dict.fromkeys(("SCHEDULED", "SENT", "WAIT4DLVR", "WAITING", "pending", "sending", "unsent", "scheduled",
-                     "accepted"), _OPEN),
-    "cancelled": _DIM,
+                     FAILED, EXPIRED), _BAD),
+    **dict.fromkeys(("SCHEDULED", "SENT", "WAIT4DLVR", "WAITING", "pending", SENDING, UNSENT, SCHEDULED, ACCEPTED),
+                    _OPEN),
+    CANCELLED: _DIM,
 }
 
 

@@ -1,11 +1,14 @@
--- Record the provider's acceptance once; initialise each recipient; schedule the first poll.
+-- Record the provider's acceptance once (event ARGV[2]: 'accept', or 'schedule' for a later
+-- time); initialise each recipient; schedule the first poll. Returns the state the order is
+-- in: the new one, or the one the table refuses to move (nothing written, no event).
 -- Also releases the send lock if ARGV[9] (a token, or '') still holds it: one round trip.
 local order, rcpt, due, events, lock, doubt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local oid, state, fields, recipients = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+local oid, event, fields, recipients = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local first_due, ttl, maxlen, at = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 if ARGV[9] ~= '' and redis.call('GET', lock) == ARGV[9] then redis.call('DEL', lock) end
 local current = redis.call('HGET', order, 'state')
-if current ~= 'sending' and current ~= 'unsent' and current ~= 'in_doubt' then return current or '' end
+local state = move(event, current)
+if not state then return current or '' end
 redis.call('HSET', order, 'state', state, 'doubt', 0, unpack(fields))
 redis.call('HDEL', order, 'error', 'error_code')
 redis.call('ZREM', doubt, oid)

@@ -4,14 +4,15 @@
 -- Bounded whatever is pushed: a push naming a recipient the order does not have adds none
 -- (before acceptance initialised them, at most as many as the send had: recipient_count),
 -- and each recipient keeps only its newest ARGV[9] history entries (``n`` in its record
--- counts them), trimmed here, with the append.
+-- counts them), trimmed here, with the append. Applied to an order they may complete (or
+-- have completed); any other state is returned as it is, nothing written.
 local order, rcpt, hist, due, events, doubt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local oid, rows, source, at = ARGV[1], cjson.decode(ARGV[2]), ARGV[3], ARGV[4]
 local now, ttl, maxlen, intervals = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], cjson.decode(ARGV[8])
 local keep = tonumber(ARGV[9])
 local state = redis.call('HGET', order, 'state')
 if not state then return {'missing'} end
-if state == 'cancelled' or state == 'expired' or state == 'failed' then return {state} end
+if state ~= STATE.COMPLETED and not move('complete', state) then return {state} end
 local known, sent = redis.call('HKEYS', rcpt), {}
 for _, k in ipairs(known) do sent[k] = true end
 local function match(r)  -- the provider's spelling of a number (+33.., 0033..) onto the one we sent
@@ -74,10 +75,11 @@ for _, row in ipairs(applied) do
 end
 local polls = tonumber(redis.call('HGET', order, 'polls') or '0')
 if source == 'poll' then polls = redis.call('HINCRBY', order, 'polls', 1) end
-if state == 'scheduled' then
+local on_its_way = move('sent', state)
+if on_its_way then
   for _, row in ipairs(applied) do
     if row[2] ~= 'SCHEDULED' then
-      state = 'accepted'
+      state = on_its_way
       redis.call('HSET', order, 'state', state)
       break
     end
@@ -88,11 +90,12 @@ for _, v in ipairs(redis.call('HVALS', rcpt)) do
   if cjson.decode(v)['final'] ~= 1 then final = false break end
 end
 if final and redis.call('HLEN', rcpt) > 0 then
-  if state ~= 'completed' then
-    redis.call('HSET', order, 'state', 'completed', 'final', 1, 'completed_at', at)
+  local completed = move('complete', state)
+  if completed then
+    redis.call('HSET', order, 'state', completed, 'final', 1, 'completed_at', at)
     redis.call('ZREM', doubt, oid)  -- a push may settle an order in doubt
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'order', 'order_id', oid,
-      'state', 'completed', 'batch_id', batch, 'at', at)
+      'state', completed, 'batch_id', batch, 'at', at)
   end
   redis.call('ZREM', due, oid)
 elseif source == 'poll' then

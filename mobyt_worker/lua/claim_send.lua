@@ -4,7 +4,8 @@
 --   resolve  - an earlier attempt may have reached the provider (``doubt``): ask for
 --              evidence first, whatever the state says (sending, unsent or in_doubt)
 --   busy     - another worker holds the lock right now
---   done     - the order is past sending (accepted, failed, ...): do nothing
+--   done     - the order is past sending (accepted, failed, ...), or in a state the
+--              transition table lets no claim take: do nothing
 --   optout   - a recipient in ARGV[9..] is in the opt-out hash KEYS[6] (sent STOP):
 --              nothing was written
 -- A missing record and a producer's ``queued`` intent are the same: the record is created
@@ -25,8 +26,23 @@ end
 local holder = redis.call('GET', lock)
 if holder and holder ~= token then return {'busy', redis.call('HGET', order, 'state') or ''} end
 local state = redis.call('HGET', order, 'state')
-local function attempt()
-  redis.call('HSET', order, 'state', 'sending', 'attempt_token', token, 'doubt', 1, 'doubt_since', now,
+local doubt = redis.call('HGET', order, 'doubt') == '1'
+if state == STATE.SENDING and redis.call('HGET', order, 'attempt_token') == token then
+  redis.call('SET', lock, token, 'PX', lock_ms)
+  return {'send', state}
+end
+local sending = move('claim', state)
+if sending and not doubt then
+  if not state or state == STATE.QUEUED then
+    local created = redis.call('HGET', order, 'created_at')
+    redis.call('HSET', order, unpack(cjson.decode(ARGV[5])))
+    if created then redis.call('HSET', order, 'created_at', created) end
+    redis.call('HSET', order, 'attempts', 0, 'claimed_at', now)
+    redis.call('EXPIRE', order, ttl)
+    redis.call('ZADD', orders, now, oid)
+    redis.call('ZREM', intents, oid)
+  end
+  redis.call('HSET', order, 'state', sending, 'attempt_token', token, 'doubt', 1, 'doubt_since', now,
     'ambiguous_at', now)
   redis.call('HINCRBY', order, 'attempts', 1)
   redis.call('SET', lock, token, 'PX', lock_ms)
@@ -38,26 +54,10 @@ local function attempt()
       redis.call('EXPIREAT', KEYS[i], string.format('%d', math.floor(tonumber(latest)) + 61))
     end
   end
-  return {'send', 'sending'}
+  return {'send', sending}
 end
-if not state or state == 'queued' then
-  local created = redis.call('HGET', order, 'created_at')
-  redis.call('HSET', order, unpack(cjson.decode(ARGV[5])))
-  if created then redis.call('HSET', order, 'created_at', created) end
-  redis.call('HSET', order, 'attempts', 0, 'claimed_at', now)
-  redis.call('EXPIRE', order, ttl)
-  redis.call('ZADD', orders, now, oid)
-  redis.call('ZREM', intents, oid)
-  return attempt()
-end
-local doubt = redis.call('HGET', order, 'doubt') == '1'
-if state == 'sending' and redis.call('HGET', order, 'attempt_token') == token then
-  redis.call('SET', lock, token, 'PX', lock_ms)
-  return {'send', state}
-end
-if state == 'unsent' and not doubt then return attempt() end
-if state == 'sending' or state == 'unsent' or state == 'in_doubt' then
+if UNSETTLED[state] then
   redis.call('SET', lock, token, 'PX', lock_ms)
   return {'resolve', state}
 end
-return {'done', state}
+return {'done', state or ''}

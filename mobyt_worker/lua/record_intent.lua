@@ -3,9 +3,10 @@
 local order, orders, intents = KEYS[1], KEYS[2], KEYS[3]
 local oid, now, due, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local state = redis.call('HGET', order, 'state')
-if state and state ~= 'queued' then return state end
-redis.call('HSET', order, 'state', 'queued', unpack(cjson.decode(ARGV[5])))
+local queued = move('intent', state)
+if not queued then return state end
+redis.call('HSET', order, 'state', queued, unpack(cjson.decode(ARGV[5])))
 redis.call('EXPIRE', order, ttl)
 redis.call('ZADD', orders, now, oid)
 redis.call('ZADD', intents, due, oid)
-return 'queued'
+return queued
