@@ -17,9 +17,9 @@ from harness import Stack, machine
 
 from mobyt_worker.config import Settings
 from mobyt_worker.runtime import Runtime
-from mobyt_worker.web import create_app
-from tests.test_push_bounds import accepted, flood, memory
-from tests.webapp import FORM, WEBHOOK_TOKEN
+from mobyt_worker.web.app import create_app
+from tests.web.test_push_bounds import accepted, flood, memory
+from tests.web.webapp import FORM, WEBHOOK_TOKEN
 
 
 def main() -> None:

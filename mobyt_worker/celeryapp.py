@@ -15,9 +15,9 @@ from celery import Celery
 
 from . import broker, contract, kombu_fix
 from .config import Settings
-from .connection import parse_sentinel_url, resilient_options, split_credentials
+from .store.connection import parse_sentinel_url, resilient_options, split_credentials
 from .contract import QUEUE
-from .keys import Keys
+from .store.keys import Keys
 
 
 class PublishingApp(Celery):
@@ -108,7 +108,7 @@ def configure(app: AppT) -> AppT:
         enable_utc=True,
         timezone="UTC",
         # RedBeat, with ticks that survive a Redis outage or failover (scheduler.py).
-        beat_scheduler="mobyt_worker.scheduler:ResilientRedBeatScheduler",
+        beat_scheduler="mobyt_worker.redbeat:ResilientRedBeatScheduler",
         **_redbeat_connection(settings),
         redbeat_key_prefix=Keys(settings.key_prefix).beat_prefix,
         redbeat_lock_key=Keys(settings.key_prefix).beat_lock,
