@@ -1,6 +1,11 @@
 """No import circle inside the package: the app, the tasks and the runtime (and every
 other module) form a graph that only points one way. Imports inside functions count too,
-as do those under TYPE_CHECKING, since any of them can start a circle at run time."""
+as do those under TYPE_CHECKING, since any of them can start a circle at run time.
+
+The subpackages are layers: provider/ (the Mobyt side) and store/ (Redis) sit under the
+Celery side and the processes built on it (web/, cli/); store/ records what provider/
+decodes, never the other way round; the fake provider (sandbox/) is reached only from the
+command line."""
 
 from __future__ import annotations
 
@@ -67,6 +72,41 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+#: The modules that build or run Celery apps.
+CELERY_SIDE = ("mobyt_worker.celeryapp", "mobyt_worker.runtime", "mobyt_worker.worker", "mobyt_worker.tasks",
+               "mobyt_worker.producer")
+#: A layer, and what no module of it imports.
+BELOW = {
+    "mobyt_worker.provider": ("mobyt_worker.store", "mobyt_worker.web", "mobyt_worker.cli", "mobyt_worker.sandbox",
+                              *CELERY_SIDE),
+    "mobyt_worker.store": ("mobyt_worker.web", "mobyt_worker.cli", "mobyt_worker.sandbox", *CELERY_SIDE),
+    "mobyt_worker.web": ("mobyt_worker.cli", "mobyt_worker.sandbox"),
+}
+#: A subpackage, and the only modules outside it that import it.
+ENTRY_POINTS = {
+    "mobyt_worker.sandbox": ("mobyt_worker.cli",),
+    "mobyt_worker.cli": ("mobyt_worker.__main__",),
+    "mobyt_worker.web": (),
+}
+
+
+def within(name: str, *prefixes: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def layer_violations(edges: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up or into a subpackage through a door it does not have."""
+    found = []
+    for name, targets in sorted(edges.items()):
+        for target in sorted(targets):
+            downward = all(not (within(name, layer) and within(target, *above)) for layer, above in BELOW.items())
+            allowed_in = all(within(name, package, *doors) or not within(target, package)
+                             for package, doors in ENTRY_POINTS.items())
+            if not (downward and allowed_in):
+                found.append(f"{name} -> {target}")
+    return found
+
+
 def test_the_package_has_no_import_cycle():
     assert find_cycle(graph()) is None, " -> ".join(find_cycle(graph()) or [])
 
@@ -84,3 +124,17 @@ def test_the_app_the_tasks_and_the_runtime_point_one_way():
     assert "mobyt_worker.tasks" not in edges["mobyt_worker.worker"]
     assert "mobyt_worker.worker" not in edges["mobyt_worker.runtime"]
     assert "mobyt_worker.runtime" not in edges["mobyt_worker.celeryapp"]
+
+
+def test_the_layers_point_one_way():
+    edges = graph()
+    assert all(any(within(m, layer) for m in edges) for layer in [*BELOW, *ENTRY_POINTS]), sorted(edges)
+    assert layer_violations(edges) == []
+
+
+def test_the_layer_check_finds_an_import_that_goes_up():
+    edges = {"mobyt_worker.provider.client": {"mobyt_worker.store.orders"},
+             "mobyt_worker.store.orders": {"mobyt_worker.provider.protocol"},
+             "mobyt_worker.runtime": {"mobyt_worker.sandbox.provider"}, "mobyt_worker.cli.main": {"mobyt_worker.sandbox"}}
+    assert layer_violations(edges) == ["mobyt_worker.provider.client -> mobyt_worker.store.orders",
+                                       "mobyt_worker.runtime -> mobyt_worker.sandbox.provider"]
