@@ -7,7 +7,7 @@ recorded end state), stranded (open state with nothing scheduled to revisit it: 
 the poll due-set nor in the intents index), untracked (billed with no order record).
 
     python bench/soak.py            # full size (make soak)
-    python bench/soak.py --small    # CI size (tests/test_soak.py)
+    python bench/soak.py --small    # CI size (tests/system/test_soak.py)
     python bench/soak.py --only storm,redis
 
 ``all`` puts the kill storm, the Redis restarts, the outage and a provider that loses

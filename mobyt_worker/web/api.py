@@ -1,6 +1,6 @@
 """The HTTP API: any service, in any language, sends and reads through the workers.
 
-Served by the ``web`` app (web.py) when ``MOBYT_API_TOKEN`` is set (comma-separated for
+Served by the ``web`` app (app.py) when ``MOBYT_API_TOKEN`` is set (comma-separated for
 several). Every route but the OpenAPI document needs ``Authorization: Bearer TOKEN``;
 tokens are compared in constant time and never logged, stored or echoed. Each token may
 make ``MOBYT_API_RATE_LIMIT`` requests a minute (fixed one-minute windows counted in

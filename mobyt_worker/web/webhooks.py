@@ -1,4 +1,4 @@
-"""The push receiver: the provider's callbacks, routes of the ``web`` app (web.py).
+"""The push receiver: the provider's callbacks, routes of the ``web`` app (app.py).
 
 Endpoints (``TOKEN`` is ``MOBYT_WEBHOOK_TOKEN``; the provider cannot send headers, so
 the secret is part of the URL you give it):
@@ -9,7 +9,7 @@ the secret is part of the URL you give it):
                                    ``recipient``, ``delivery_date``
 
 Answers are small JSON documents: 200 ``{"ok": true, ...}``; errors in the one shape
-of webio.py: 400 ``{"error": "invalid", "field": NAME, "message": ...}`` for a missing or malformed field (or a
+of io.py: 400 ``{"error": "invalid", "field": NAME, "message": ...}`` for a missing or malformed field (or a
 body that is not UTF-8: field ``body``); 403 for a wrong token (compared with
 :func:`hmac.compare_digest`; the answer never echoes it); 404, 405, 415 (not
 form-encoded); 413 past :data:`MAX_BODY` bytes; 429 with ``Retry-After`` past
@@ -24,7 +24,7 @@ cannot grow Redis: a status for an order we do not track, a closed one, or a rec
 the order does not have is answered 200 ``{"ok": true, "ignored": REASON}`` and stores
 nothing (200, not 4xx: the provider would retry a refusal forever, and polling has the
 order's real statuses anyway); each is counted in ``mobyt_pushes_ignored_total{reason}``.
-A recipient's history keeps its newest :data:`~mobyt_worker.store.HISTORY_PER_RECIPIENT`
+A recipient's history keeps its newest :data:`~mobyt_worker.store.orders.HISTORY_PER_RECIPIENT`
 transitions, trimmed in the script that appends. Each callback may take
 ``MOBYT_PUSH_RATE`` requests a second per token (GCRA in Redis, ratelimit.py: shared by
 every web process; a second's worth may come at once), then 429 with ``Retry-After``

@@ -68,7 +68,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def seed(server, order_id: str, at: datetime | None = None) -> None:
     """An order at the provider, sent around the command: ``mobyt`` itself only sends
-    through the workers (tests/test_cli_workers.py)."""
+    through the workers (tests/cli/test_workers.py)."""
     settings = Settings(login=LOGIN, password=Secret(PASSWORD), base_url=server.url)
     with MobytClient(settings) as client:
         client.send_sms(build_send_request(recipients=NUMBERS, message="Bonjour | 100%", message_type="N",

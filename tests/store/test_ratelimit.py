@@ -1,4 +1,4 @@
-"""The global send rate limit: GCRA in Redis (mobyt_worker/ratelimit.py).
+"""The global send rate limit: GCRA in Redis (mobyt_worker/store/ratelimit.py).
 
 Unit tests run the script on fakeredis and a real redis-server; the last tests run real
 workers sharing one cap. Assertions are on the limiter's own record (the TAT in Redis,

@@ -3,7 +3,7 @@ connection: the tasks run in this process (Celery's eager mode: no broker, no re
 backend) against a private redis-server and the simulator over HTTP. Celery's own
 round trips per task (BRPOP, unacked bookkeeping, result, ack) come on top.
 
-    .venv/bin/pytest tests/test_claims_round_trips.py -s    # prints the figures
+    .venv/bin/pytest tests/system/test_claims_round_trips.py -s    # prints the figures
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def test_mobyt_config_shows_every_setting_and_no_password(name, monkeypatch, cap
 def test_the_log_masks_cover_every_url_password_and_token():
     settings = Settings.from_env({**ENVS["amqp-sentinel"], "MOBYT_API_TOKEN": "t" * 24, "MOBYT_WEBHOOK_TOKEN": "w" * 24})
     line = f"lost {settings.redis_url} and {settings.broker_url} with {'t' * 24} {'w' * 24}"
-    masked = logs.MaskFilter(settings.secrets()).mask(line)  # what worker.py and web.py install
+    masked = logs.MaskFilter(settings.secrets()).mask(line)  # what worker.py and web/app.py install
     assert PW not in masked and "t" * 24 not in masked and "w" * 24 not in masked
     assert "sentinel://:***@h1:26379" in masked
 

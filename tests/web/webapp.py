@@ -50,7 +50,7 @@ def web_app(**env: str) -> Iterator[WebApp]:
 
 
 def error_shape(answer: Any) -> dict[str, Any]:
-    """The body of an error answer, checked to be the one shape of webio.py."""
+    """The body of an error answer, checked to be the one shape of web/io.py."""
     assert answer.headers["Content-Type"].startswith("application/json"), answer.headers
     body = answer.json
     assert isinstance(body, dict) and isinstance(body["error"], str) and isinstance(body["message"], str), body
