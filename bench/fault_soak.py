@@ -21,12 +21,12 @@ from datetime import datetime, timedelta, timezone
 
 from harness import Stack, worker_env
 
-from mobyt_worker.client import MobytClient
+from mobyt_worker.provider.client import MobytClient
 from mobyt_worker.config import Settings
-from mobyt_worker.connection import connect
+from mobyt_worker.store.connection import connect
 from mobyt_worker.contract import QUEUE, SEND_SMS
 from mobyt_worker.sandbox import FLAKY
-from mobyt_worker.store import OrderStore
+from mobyt_worker.store.orders import OrderStore
 
 ENV = {"MOBYT_READ_TIMEOUT": "1", "MOBYT_CONNECT_TIMEOUT": "1", "MOBYT_SEND_RETRY_MAX": "1",
        "MOBYT_CALL_DEADLINE": "2", "MOBYT_POLL_TICK": "0.3", "MOBYT_POLL_INTERVALS": "0.5,1,2",

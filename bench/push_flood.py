@@ -1,6 +1,6 @@
 """3000 status pushes to one order through the push receiver: its Redis keys before and after.
 
-The pushes of tests/test_push_bounds.py (a recipient whose status goes back and forth,
+The pushes of tests/web/test_push_bounds.py (a recipient whose status goes back and forth,
 recipients the order does not have, a repeated status), sent in-process to the web app on
 a private redis-server with the rate limit off; ``MEMORY USAGE`` of the order's three keys.
 
@@ -17,9 +17,9 @@ from harness import Stack, machine
 
 from mobyt_worker.config import Settings
 from mobyt_worker.runtime import Runtime
-from mobyt_worker.web import create_app
-from tests.test_push_bounds import accepted, flood, memory
-from tests.webapp import FORM, WEBHOOK_TOKEN
+from mobyt_worker.web.app import create_app
+from tests.web.test_push_bounds import accepted, flood, memory
+from tests.web.webapp import FORM, WEBHOOK_TOKEN
 
 
 def main() -> None:

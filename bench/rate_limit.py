@@ -1,6 +1,6 @@
 """The global send rate limit (MOBYT_SEND_RATE_LIMIT) as the provider sees it.
 
-Two ``celery worker`` processes share one cap through Redis (GCRA, mobyt_worker/ratelimit.py).
+Two ``celery worker`` processes share one cap through Redis (GCRA, mobyt_worker/store/ratelimit.py).
 The queue is pre-filled with more sends than the cap allows in the run, the workers are
 started, and the SENDSMS arrival times recorded by the simulator give the observed rate
 over a steady window (the first and last seconds left out). Target (issue 5): within 5%

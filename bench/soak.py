@@ -7,7 +7,7 @@ recorded end state), stranded (open state with nothing scheduled to revisit it: 
 the poll due-set nor in the intents index), untracked (billed with no order record).
 
     python bench/soak.py            # full size (make soak)
-    python bench/soak.py --small    # CI size (tests/test_soak.py)
+    python bench/soak.py --small    # CI size (tests/system/test_soak.py)
     python bench/soak.py --only storm,redis
 
 ``all`` puts the kill storm, the Redis restarts, the outage and a provider that loses
@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from mobyt_worker.producer import connect, new_order_id, send_sms  # noqa: E402
 from mobyt_worker.sandbox import FLAKY, FUNCTIONS, ProviderSimulator, SimulatorServer  # noqa: E402
-from mobyt_worker.keys import Keys  # noqa: E402
-from mobyt_worker.store import OPEN_STATES, OrderStore  # noqa: E402
-from mobyt_worker.connection import connect as connect_redis  # noqa: E402
+from mobyt_worker.store.keys import Keys  # noqa: E402
+from mobyt_worker.store.orders import OPEN_STATES, OrderStore  # noqa: E402
+from mobyt_worker.store.connection import connect as connect_redis  # noqa: E402
 from mobyt_worker.contract import SEND_SMS  # noqa: E402
 from tests.support import CeleryProcess, RabbitVhost, RedisServer  # noqa: E402
 

@@ -22,9 +22,9 @@ from multiprocessing import Pool
 from harness import Stack, machine, rss_mb, thread_count, wait_for, worker_env
 from pipeline_throughput import enqueue
 
-from mobyt_worker.connection import connect
+from mobyt_worker.store.connection import connect
 from mobyt_worker.contract import SEND_SMS
-from mobyt_worker.store import OrderStore
+from mobyt_worker.store.orders import OrderStore
 
 PREFIX = "mobyt"
 META = {"message_type": "N", "sender": "BENCH", "batch_id": None, "scheduled_at": None, "parts": 1,

@@ -15,9 +15,9 @@ from celery import Celery
 
 from . import broker, contract, kombu_fix
 from .config import Settings
-from .connection import parse_sentinel_url, resilient_options, split_credentials
+from .store.connection import parse_sentinel_url, resilient_options, split_credentials
 from .contract import QUEUE
-from .keys import Keys
+from .store.keys import Keys
 
 
 class PublishingApp(Celery):
@@ -107,8 +107,8 @@ def configure(app: AppT) -> AppT:
         task_track_started=False,
         enable_utc=True,
         timezone="UTC",
-        # RedBeat, with ticks that survive a Redis outage or failover (scheduler.py).
-        beat_scheduler="mobyt_worker.scheduler:ResilientRedBeatScheduler",
+        # RedBeat, with ticks that survive a Redis outage or failover (redbeat.py).
+        beat_scheduler="mobyt_worker.redbeat:ResilientRedBeatScheduler",
         **_redbeat_connection(settings),
         redbeat_key_prefix=Keys(settings.key_prefix).beat_prefix,
         redbeat_lock_key=Keys(settings.key_prefix).beat_lock,
@@ -149,7 +149,7 @@ def _redbeat_connection(settings: Settings) -> dict[str, Any]:
     this one), and its options with them (censored by their names); with ``sentinel://``,
     the sentinels to ask for the master."""
     # Ride out a Redis restart or failover instead of exiting: RedBeat retries its own
-    # calls, and a tick that still fails is tried again (scheduler.py).
+    # calls, and a tick that still fails is tried again (redbeat.py).
     options: dict[str, Any] = {"retry_period": -1, **resilient_options()}
     if settings.redis_url.startswith("sentinel://"):
         target = parse_sentinel_url(settings.redis_url)

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .connection import parse_sentinel_url
+from .store.connection import parse_sentinel_url
 from .errors import ConfigError
 
 T = TypeVar("T")

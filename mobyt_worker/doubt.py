@@ -22,12 +22,12 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from .errors import ProviderError, ProviderRejected, ProviderUnavailable
-from .protocol import RecipientStatus
+from .provider.protocol import RecipientStatus
 
 if TYPE_CHECKING:
-    from .client import MobytClient
+    from .provider.client import MobytClient
     from .config import Settings
-    from .store import OrderRecord
+    from .store.orders import OrderRecord
 
 ACCEPTED, ABSENT, UNCLEAR = "accepted", "absent", "unclear"
 

@@ -26,11 +26,11 @@ from typing import Any, cast
 import redis
 
 from .config import Settings
-from .connection import connect
+from .store.connection import connect
 from .contract import QUEUE
-from .credits import CreditsWatch
-from .keys import Keys
-from .store import in_doubt_count
+from .store.credits import CreditsWatch
+from .store.keys import Keys
+from .store.orders import in_doubt_count
 
 
 def quick_client(s: Settings) -> redis.Redis:

@@ -20,8 +20,8 @@ from typing import Callable
 import redis
 
 from . import __version__
-from .keys import Keys
-from .store import now_iso
+from .store.keys import Keys
+from .store.orders import now_iso
 
 log = logging.getLogger(__name__)
 

@@ -88,11 +88,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .contract import POLL_INBOX, POLL_STATUS, RECONCILE_INBOX, SEND_SMS
-from .credits import CreditsWatch
+from .store.credits import CreditsWatch
 from .errors import InvalidInput, ProviderRejected, RecipientOptedOut
 from .fleet import Fleet
-from .keys import Keys
-from .store import in_doubt_count
+from .store.keys import Keys
+from .store.orders import in_doubt_count
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from kombu.exceptions import OperationalError
 
 from . import broker, sms
 from .celeryapp import PublishingApp
-from .connection import connect as connect_redis
+from .store.connection import connect as connect_redis
 from .contract import QUEUE, SEND_SMS, SendSmsArgs
-from .intents import Intents
+from .store.intents import Intents
 
 log = logging.getLogger(__name__)
 

@@ -20,25 +20,25 @@ from celery import Task
 from kombu.exceptions import KombuError
 
 from .celeryapp import MobytApp, configure, create_app
-from .client import MobytClient
+from .provider.client import MobytClient
 from .config import Settings
-from .connection import connect
+from .store.connection import connect
 from .contract import APPLY_OPTOUT, QUEUE
-from .credits import CreditsWatch
+from .store.credits import CreditsWatch
 from .fleet import Fleet
-from .inbox import Arrival, InboxStore
-from .intents import Intents
-from .keys import Keys
+from .store.inbox import Arrival, InboxStore
+from .store.intents import Intents
+from .store.keys import Keys
 from .metrics import Metrics
-from .optouts import OptOuts
+from .store.optouts import OptOuts
 from .producer import Producer
-from .ratelimit import RateLimiter
-from .replicas import Replicas
+from .store.ratelimit import RateLimiter
+from .store.replicas import Replicas
 from .sms import mask_number
-from .store import OrderStore
+from .store.orders import OrderStore
 
 if TYPE_CHECKING:
-    from .protocol import RecipientStatus
+    from .provider.protocol import RecipientStatus
 
 log = logging.getLogger(__name__)
 

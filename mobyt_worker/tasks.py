@@ -32,7 +32,7 @@ from .errors import (
     RecipientOptedOut,
 )
 from .runtime import MobytTask, Runtime
-from .store import (
+from .store.orders import (
     CANCELLED,
     FAILED,
     IN_DOUBT,

@@ -34,7 +34,7 @@ from .contract import replacement_order_id
 from .errors import ProviderRejected, ProviderUnavailable
 from .sms import mask_number
 from .states import IN_DOUBT, QUEUED, SCHEDULED, SENDING, UNSENT
-from .store import OrderRecord
+from .store.orders import OrderRecord
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -113,6 +113,6 @@ def _heartbeat_stop(**_: object) -> None:
 @beat_init.connect
 def _beat_heartbeat(sender: object = None, **_: object) -> None:
     """A beat's heartbeat says whether it holds the lock (a fresh deployment's first
-    round of jobs is the scheduler's: scheduler.py)."""
+    round of jobs is the scheduler's: redbeat.py)."""
     scheduler = getattr(sender, "scheduler", None)
     atexit.register(_heartbeat("beat", holds_lock=lambda: getattr(scheduler, "lock", None) is not None).stop)

@@ -12,7 +12,7 @@ import redis
 from mobyt_worker.config import Secret, Settings
 from mobyt_worker.runtime import Runtime
 from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer
-from mobyt_worker.connection import connect
+from mobyt_worker.store.connection import connect
 
 from .support import CeleryProcess, RedisServer, refuse_redis_servers
 

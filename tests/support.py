@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import redis
 import redis.connection
 
-from mobyt_worker.keys import Keys
+from mobyt_worker.store.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).with_name("celery"))

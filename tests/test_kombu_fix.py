@@ -1,6 +1,6 @@
 """kombu#582: a Redis channel closed after its connection puts its unacked messages back
 instead of raising AttributeError (which stops the worker). The Sentinel case is in
-tests/test_claims_sentinel_failover.py, next to its cluster."""
+tests/system/test_claims_sentinel_failover.py, next to its cluster."""
 
 from __future__ import annotations
 

@@ -18,15 +18,15 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from mobyt_worker.config import Settings
-from mobyt_worker.credits import CreditsWatch
+from mobyt_worker.store.credits import CreditsWatch
 from mobyt_worker.errors import InvalidInput, ProviderRejected, ProviderTimeout, RecipientOptedOut
 from mobyt_worker.fleet import Fleet
 from mobyt_worker.heartbeat import Heartbeat
 from mobyt_worker.metrics import METRICS, Metrics
-from mobyt_worker.protocol import CreditRow
+from mobyt_worker.provider.protocol import CreditRow
 from mobyt_worker.runtime import Runtime
-from mobyt_worker.store import OrderStore
-from mobyt_worker.web import create_app
+from mobyt_worker.store.orders import OrderStore
+from mobyt_worker.web.app import create_app
 
 from .producer import bare_client, call
 from .support import wait_for

@@ -15,10 +15,10 @@ from typing import Any, Callable
 import pytest
 import redis
 
-from mobyt_worker import scripts
+from mobyt_worker.store import scripts
 from mobyt_worker.errors import OrderNotFound, OrderNotResendable, ProviderConnectError, ProviderRejected
-from mobyt_worker.intents import Intents
-from mobyt_worker.protocol import RecipientStatus, Status
+from mobyt_worker.store.intents import Intents
+from mobyt_worker.provider.protocol import RecipientStatus, Status
 from mobyt_worker.states import (
     CANCELLED,
     COMPLETED,
@@ -33,7 +33,7 @@ from mobyt_worker.states import (
     allowed,
     sources,
 )
-from mobyt_worker.store import OrderStore, now_iso
+from mobyt_worker.store.orders import OrderStore, now_iso
 
 OID, A, TOKEN = "ORDER1", "+33612345670", "attempt-1"
 SOURCES: list[OrderState | None] = [None, *OrderState]
@@ -96,12 +96,12 @@ return cjson.encode({STATE=STATE, UNSETTLED=UNSETTLED, TRANSITION=TRANSITION, mo
 
 
 def _lua_code(name: str) -> str:
-    text = files("mobyt_worker").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    text = files("mobyt_worker.store").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
     return re.sub(r"--[^\n]*", "", text)
 
 
 def test_no_lua_script_spells_a_state_and_each_that_reads_one_gets_the_table():
-    names = [p.name[:-4] for p in files("mobyt_worker").joinpath("lua").iterdir() if p.name.endswith(".lua")]
+    names = [p.name[:-4] for p in files("mobyt_worker.store").joinpath("lua").iterdir() if p.name.endswith(".lua")]
     spelled = {n for n in names if re.search(r"'(%s)'" % "|".join(OrderState), _lua_code(n))}
     assert spelled == set()
     reading = {n for n in names if "'state'" in _lua_code(n)}

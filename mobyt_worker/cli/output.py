@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import Any, Callable, Sequence
 
 from ..states import ACCEPTED, CANCELLED, COMPLETED, EXPIRED, FAILED, SCHEDULED, SENDING, UNSENT
-from ..store import OrderRecord
+from ..store.orders import OrderRecord
 
 
 def plain(value: Any) -> Any:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .. import errors
-from ..client import MobytClient
+from ..provider.client import MobytClient
 from ..config import Settings
-from ..connection import connect
+from ..store.connection import connect
 from ..runtime import Runtime
 from ..sms import validate_order_id
 

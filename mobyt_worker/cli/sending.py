@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from ..config import Settings
 from ..sms import SendRequest, build_send_request
-from ..store import OrderRecord
+from ..store.orders import OrderRecord
 from .output import emit, orders_table, painter, table
 from .resources import (
     await_answer, checked_order_id, load_settings, open_runtime, order_argument, provider_client, workers_app,

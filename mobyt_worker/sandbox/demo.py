@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TextIO
 
 from ..contract import CANCEL, CHECK_CREDITS, QUEUE
-from ..credits import CreditsWatch
+from ..store.credits import CreditsWatch
 from .demo_env import CHUNK_SIZE, PREFIX
 from .demo_stage import STEP_TIMEOUT, Events, Stage, StepFailed, post_json
 from .processes import CannotRun, tail

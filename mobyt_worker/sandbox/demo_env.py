@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from ..connection import connect
+from ..store.connection import connect
 from ..contract import QUEUE
 from .processes import CannotRun, Child, free_port, wait_until
 

@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 import redis
 import requests
 
-from ..connection import connect
+from ..store.connection import connect
 from ..contract import QUEUE, SEND_SMS
-from ..store import OrderStore
+from ..store.orders import OrderStore
 from .demo_env import (BROKER_PREFIX, DELIVERY_DELAY, LOGIN, PREFIX, SETTINGS, child_environment,
                        choose_redis, delete_prefix)
 from .processes import Child, free_port, stop_all, tail, wait_until

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .. import protocol
+from ..provider import protocol
 
 FAULT_KINDS = frozenset({"http500", "http503", "http408", "http429", "html", "garbage", "empty", "drop", "ko", "slow",
                          "lost_answer", "trickle", "oversize"})

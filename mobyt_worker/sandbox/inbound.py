@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 from datetime import datetime
 
-from ..protocol import InboundMessage
+from ..provider.protocol import InboundMessage
 
 
 class Inbound:

@@ -30,9 +30,9 @@ from datetime import datetime
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from .. import protocol
+from ..provider import protocol
 from ..config import DEFAULT_PATHS
-from ..protocol import CreditRow, HistoryRow, RecipientStatus, SendReceipt
+from ..provider.protocol import CreditRow, HistoryRow, RecipientStatus, SendReceipt
 from . import rules, timeline
 from .faults import FAULT_KINDS, PROCESSED, Fault, Reply, fault_reply, processed_reply
 from .inbound import Inbound

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from .. import protocol
+from ..provider import protocol
 from ..contract import is_order_id
 from ..sms import GSM_ALPHABET, GSM_EXTENDED, PART_UNITS, SINGLE_SMS_UNITS
 

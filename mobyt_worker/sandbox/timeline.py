@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from ..protocol import RecipientStatus, Status
+from ..provider.protocol import RecipientStatus, Status
 
 #: Outcome by last digit (see the module docstring); anything else is delivered.
 _OUTCOMES = {"6": "error", "7": "unknown", "8": "blacklisted", "9": "timeout"}
