@@ -29,6 +29,7 @@ from .metrics import Metrics
 from .optouts import OptOuts
 from .ratelimit import RateLimiter
 from .store import OrderStore
+from .sweeps import HistorySweeps, SweepLedger
 
 if TYPE_CHECKING:
     from .protocol import RecipientStatus
@@ -99,6 +100,12 @@ class Runtime:
     @cached_property
     def client(self) -> MobytClient:
         return MobytClient(self.settings, on_request=self.metrics.provider_request)
+
+    @cached_property
+    def sweeps(self) -> HistorySweeps:
+        """SMSHISTORY read once for every order in doubt (sweeps.py)."""
+        ledger = SweepLedger(self.redis, Keys(self.settings.key_prefix))
+        return HistorySweeps(self.client, ledger, self.store, self.settings)
 
     @cached_property
     def metrics(self) -> Metrics:

@@ -2,7 +2,10 @@
 the events stream. Key names come from keys.py.
 
 Orders in ``in_doubt`` are indexed in ``P:doubt`` by every transition into or out of that
-state, scored by when the record expires, so counting them (an alert) is O(1).
+state, scored by when the record expires, so counting them (an alert) is O(1). Every order
+in doubt, whatever its state, is in ``P:doubt:open`` from its claim until evidence (or an
+operator) ends the doubt, scored by ``ambiguous_at``: the SMSHISTORY sweeps read the
+windows of all of them at once (sweeps.py).
 
 Multi-key changes run as Lua scripts so that they are atomic and cost one round trip:
 two workers applying the same status see one change and emit one event. Tracking keys
@@ -77,7 +80,7 @@ class OrderRecord:
     recipient_count: int = 0  # how many the order was sent to: known before the provider accepted it
     doubt: bool = False  # an attempt may have reached the provider: only evidence ends it
     doubt_since: float | None = None  # epoch the doubt began
-    ambiguous_at: float | None = None  # epoch of the last attempt that may have reached it
+    ambiguous_at: float | None = None  # epoch the last attempt may have been in flight until (lock end, or its failure)
     claimed_at: float | None = None  # epoch a worker first took the send: its retries are timed from it
     request: str | None = None  # JSON of the send's kwargs (for an operator's resend)
     error_code: str | None = None
@@ -135,7 +138,7 @@ class OrderStore:
         fields = {"order_id": order_id, "created_at": now_iso(now), "polls": 0, "final": 0, "cancelled": 0,
                   "scheduled_epoch": scheduled_epoch, **meta}
         keys = [self.keys.order(order_id), self.keys.send_lock(order_id), self.keys.orders, self.keys.due,
-                self.keys.intents]
+                self.keys.intents, self.keys.doubt_open]
         verdict, state = self._claim_send(
             keys=keys + [optout_key] if optout_key else keys,
             args=[token, int(lock_seconds * 1000), now, self.ttl_for(scheduled_epoch), json.dumps(_flatten(fields)),
@@ -169,7 +172,7 @@ class OrderStore:
         scheduled_at = first_poll_at - self.poll_intervals[0] if scheduled else None
         return self._accept(
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.due, self.keys.events,
-                  self.keys.send_lock(order_id), self.keys.in_doubt],
+                  self.keys.send_lock(order_id), self.keys.in_doubt, self.keys.doubt_open],
             args=[order_id, state, json.dumps(_flatten(extra)), json.dumps(list(recipients)), first_poll_at,
                   self.ttl_for(scheduled_at), self.stream_maxlen, at, release_token or ""],
         )
@@ -186,10 +189,12 @@ class OrderStore:
 
     def note_ambiguous(self, order_id: str, error: Exception, next_check: float) -> None:
         """The attempt may have reached the provider: it stays in doubt, settled later on evidence."""
+        now = time.time()
         with self.redis.pipeline() as pipe:
-            fields: dict[str, Any] = {"ambiguous_at": time.time(), **_error_fields(error)}
+            fields: dict[str, Any] = {"ambiguous_at": now, **_error_fields(error)}
             pipe.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], fields))
             pipe.zadd(self.keys.due, {order_id: next_check})
+            pipe.zadd(self.keys.doubt_open, {order_id: now})
             pipe.execute()
 
     def mark_failed(self, order_id: str, error: Exception, *, allowed: Iterable[str] = (SENDING, UNSENT)) -> bool:
@@ -240,9 +245,12 @@ class OrderStore:
                       drop: Sequence[str] = (), index: tuple[str, float] | None = None, **more: Any) -> bool:
         """Change the state if it is in ``allowed`` (and the fields in ``when`` match, and
         ``lock`` holds its token): one optimistic transaction. True if it changed. ``index``
-        (a zset, a score) gets the order; leaving ``in_doubt`` drops it from ``P:doubt``."""
+        (a zset, a score) gets the order; leaving ``in_doubt`` drops it from ``P:doubt``, and
+        ending the doubt (``doubt=0``) from ``P:doubt:open``."""
         if IN_DOUBT in allowed and state != IN_DOUBT:
             drop = (*drop, self.keys.in_doubt)
+        if more.get("doubt") == 0:
+            drop = (*drop, self.keys.doubt_open)
         key = self.keys.order(order_id)
         changed = False
 
@@ -279,7 +287,7 @@ class OrderStore:
         ]
         result = self._apply(
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.history(order_id),
-                  self.keys.due, self.keys.events, self.keys.in_doubt],
+                  self.keys.due, self.keys.events, self.keys.in_doubt, self.keys.doubt_open],
             args=[order_id, json.dumps(payload), source, now_iso(now), now, self.ttl, self.stream_maxlen,
                   json.dumps(self.poll_intervals)],
         )
@@ -301,6 +309,7 @@ class OrderStore:
             self._refresh_ttl(pipe, order_id)
             pipe.zrem(self.keys.due, order_id)
             pipe.zrem(self.keys.in_doubt, order_id)
+            pipe.zrem(self.keys.doubt_open, order_id)
             pipe.execute()
         self._event({"type": "order", "order_id": order_id, "state": EXPIRED, "at": now_iso()})
 
@@ -316,6 +325,7 @@ class OrderStore:
             self._refresh_ttl(pipe, order_id)
             pipe.zrem(self.keys.due, order_id)
             pipe.zrem(self.keys.in_doubt, order_id)
+            pipe.zrem(self.keys.doubt_open, order_id)
             pipe.execute()
         self._event({"type": "order", "order_id": order_id, "state": CANCELLED, "at": now_iso()})
 
@@ -373,6 +383,29 @@ class OrderStore:
                         break
             start += page
         return found
+
+    def open_doubts(self, ended_before: float, limit: int) -> list[OrderRecord]:
+        """Orders in doubt (``P:doubt:open``) whose last attempt ended before ``ended_before``,
+        oldest first, at most ``limit``. Entries whose record expired or is no longer in
+        doubt are dropped here. The index only tells a sweep what else to read while it
+        reads: an order's own check always reads its own window, so a missing entry costs
+        a read, never a verdict."""
+        ids = cast(list[str], self.redis.zrangebyscore(self.keys.doubt_open, "-inf", ended_before, start=0, num=limit))
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for oid in ids:
+                pipe.hgetall(self.keys.order(oid))
+            raws = pipe.execute()
+        records, stale = [], []
+        for oid, raw in zip(ids, raws):
+            if raw and raw.get("doubt") == "1" and raw.get("state") in UNSETTLED:
+                records.append(_record(raw, {}, []))
+            else:
+                stale.append(oid)
+        if stale:
+            self.redis.zrem(self.keys.doubt_open, *stale)
+        return records
 
     def due_count(self) -> int:
         return self.redis.zcard(self.keys.due)

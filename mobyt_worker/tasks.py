@@ -4,7 +4,7 @@ Exactly-once sending (SPEC §4) rests on three facts: the ``order_id`` is fixed 
 the first attempt (given by the caller, or derived from the Celery task id, which a
 redelivery or a retry keeps); the order record in Redis says whether an attempt may
 have reached the provider; and an attempt that may have reached it is resolved by
-asking SMSSTATUS, never by sending again.
+asking the provider (doubt.py), never by sending again.
 """
 
 from __future__ import annotations
@@ -226,12 +226,12 @@ def _request_kwargs(request: sms.SendRequest, batch_id: str | None) -> dict[str,
 def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, state: str,
                       token: str) -> dict[str, Any] | None:
     """An earlier attempt may have reached the provider: settle it on evidence. Returns the
-    task's result, or None when the provider cleanly shows it never got the order (the
+    task's result, or None when SMSHISTORY shows the provider never got the order (the
     caller then sends); raises a retry while the evidence is unclear."""
     rt = task.runtime
     store = rt.store
     record = store.require_order(order_id)
-    evidence = doubt.gather(rt.client, rt.settings, record)
+    evidence = doubt.gather(rt.client, rt.sweeps, rt.settings, record)
     rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
     if evidence.verdict == doubt.ACCEPTED:
         log.info("order %s: an earlier attempt was accepted by the provider; not sent again", order_id)
@@ -243,7 +243,7 @@ def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, 
         if state == IN_DOUBT:  # never sent again automatically, even on evidence
             store.mark_failed(order_id, _absent_error(), allowed=(IN_DOUBT,))
             return _send_result(rt, order_id, request, FAILED)
-        log.info("order %s: the provider cleanly shows no earlier attempt; sending", order_id)
+        log.info("order %s: SMSHISTORY shows no earlier attempt; sending", order_id)
         return None if store.end_doubt(order_id, token) else _send_result(rt, order_id, request, record.state)
     if state == IN_DOUBT:
         return _send_result(rt, order_id, request, IN_DOUBT)
@@ -253,7 +253,7 @@ def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, 
     if not _in_retry_window(rt, record, countdown):  # the due-set poller keeps asking
         return _send_result(rt, order_id, request, store.require_order(order_id).state)
     log.warning("order %s: still in doubt (%s), asking again in %.1fs", order_id,
-                evidence.error or "grace period", countdown)
+                evidence.error or evidence.why, countdown)
     raise task.retry(countdown=countdown)
 
 
@@ -263,11 +263,12 @@ def _absent_error() -> ProviderRejected:
 
 def _still_in_doubt(rt: Runtime, record: OrderRecord, evidence: doubt.Evidence, next_check: float) -> None:
     """Unclear evidence: look again at ``next_check``; past MOBYT_DOUBT_LIMIT the order is
-    ``in_doubt`` (an event, a WARNING, a metric) and is then checked at the slowest pace."""
+    ``in_doubt`` (an event, a WARNING, a metric) and is then checked at the slowest pace.
+    Asked before its window was readable, no read could have settled it: not yet."""
     store, s = rt.store, rt.settings
     since = record.doubt_since or time.time()
-    error = evidence.error or ProviderUnavailable("no evidence yet: within the grace period")
-    if record.state == IN_DOUBT or time.time() - since > s.doubt_limit:
+    error = evidence.error or ProviderUnavailable(evidence.why or "no evidence yet")
+    if record.state == IN_DOUBT or (time.time() - since > s.doubt_limit and not evidence.early):
         if store.mark_in_doubt(record.order_id, error):
             rt.metrics.inc("orders_in_doubt")
             log.warning("order %s is in_doubt: an attempt may have reached the provider and no read settled it "
@@ -394,7 +395,7 @@ def _settle_unfinished_send(rt: Runtime, record: OrderRecord) -> None:
     if not record.doubt and record.state == UNSENT:
         store.mark_failed(order_id, ProviderRejected("the send could not be completed; nothing was billed"))
         return
-    evidence = doubt.gather(rt.client, rt.settings, record)
+    evidence = doubt.gather(rt.client, rt.sweeps, rt.settings, record)
     rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
     if evidence.verdict == doubt.ACCEPTED:
         recipients = [r.recipient for r in evidence.rows] or _stored_recipients(record)
@@ -437,23 +438,13 @@ def cancel(self: MobytTask, order_id: str) -> dict[str, Any]:
         rt.client.remove_delayed(order_id)
     except ProviderRejected as refused:
         # REMOVE_DELAYED is retried on transient errors; if an earlier try was applied and
-        # its answer lost, the retry is refused. Cancelled only if the provider then cleanly
-        # shows the order gone; any other answer leaves it scheduled (and followed).
-        if not _cleanly_gone(rt, order_id):
+        # its answer lost, the retry is refused. Cancelled only on evidence that the order
+        # is gone (doubt.gone); anything else leaves it scheduled (and followed).
+        if not doubt.gone(rt.client, record, rt.settings.clock_margin):
             raise
         log.info("order %s: REMOVE_DELAYED refused (%s) but the order is gone: cancelled", order_id, refused.code)
     rt.store.mark_cancelled(order_id)
     return rt.store.require_order(order_id).to_dict()
-
-
-def _cleanly_gone(rt: Runtime, order_id: str) -> bool:
-    """SMSSTATUS answered OK without rows, or with a KO configured to mean "unknown order"."""
-    try:
-        return not rt.client.sms_status(order_id)
-    except ProviderRejected as exc:
-        return exc.code in rt.settings.order_unknown_codes
-    except ProviderUnavailable:
-        return False
 
 
 @app.task(base=MobytTask, bind=True, name=contract.SMS_HISTORY, throws=EXPECTED)

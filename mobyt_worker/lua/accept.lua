@@ -1,6 +1,6 @@
 -- Record the provider's acceptance once; initialise each recipient; schedule the first poll.
 -- Also releases the send lock if ARGV[9] (a token, or '') still holds it: one round trip.
-local order, rcpt, due, events, lock, doubt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local order, rcpt, due, events, lock, doubt, open = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local oid, state, fields, recipients = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local first_due, ttl, maxlen, at = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 if ARGV[9] ~= '' and redis.call('GET', lock) == ARGV[9] then redis.call('DEL', lock) end
@@ -9,6 +9,7 @@ if current ~= 'sending' and current ~= 'unsent' and current ~= 'in_doubt' then r
 redis.call('HSET', order, 'state', state, 'doubt', 0, unpack(fields))
 redis.call('HDEL', order, 'error', 'error_code')
 redis.call('ZREM', doubt, oid)
+redis.call('ZREM', open, oid)
 for _, r in ipairs(recipients) do
   redis.call('HSETNX', rcpt, r, cjson.encode({status='', delivered_at='', changed_at='', final=0}))
 end

@@ -5,7 +5,7 @@
 --              evidence first, whatever the state says (sending, unsent or in_doubt)
 --   busy     - another worker holds the lock right now
 --   done     - the order is past sending (accepted, failed, ...): do nothing
---   optout   - (only with KEYS[6], the opt-out hash) a recipient in ARGV[8..] sent STOP:
+--   optout   - (only with KEYS[7], the opt-out hash) a recipient in ARGV[8..] sent STOP:
 --              nothing was written
 -- A missing record and a producer's ``queued`` intent are the same: the record is created
 -- (an intent's created_at kept, ``claimed_at`` stamped: a send's retries are timed from
@@ -13,8 +13,11 @@
 -- written before any HTTP call, so even a SIGKILL mid-send leaves the order where the
 -- poller settles it. Re-running with the same token (a client-side retry after a lost
 -- reply) gives "send" again.
-local order, lock, orders, due, intents, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+-- An attempt may be in flight until its lock runs out: ``ambiguous_at`` (and the order's
+-- score in P:doubt:open, KEYS[6]) says so until the attempt's failure restamps it.
+local order, lock, orders, due, intents, open, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local token, lock_ms, now, ttl, oid, due_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6], ARGV[7]
+local lock_end = now + tonumber(lock_ms) / 1000
 if optouts then
   for i = 8, #ARGV do
     if redis.call('HEXISTS', optouts, ARGV[i]) == 1 then return {'optout', ''} end
@@ -25,10 +28,11 @@ if holder and holder ~= token then return {'busy', redis.call('HGET', order, 'st
 local state = redis.call('HGET', order, 'state')
 local function attempt()
   redis.call('HSET', order, 'state', 'sending', 'attempt_token', token, 'doubt', 1, 'doubt_since', now,
-    'ambiguous_at', now)
+    'ambiguous_at', lock_end)
   redis.call('HINCRBY', order, 'attempts', 1)
   redis.call('SET', lock, token, 'PX', lock_ms)
   redis.call('ZADD', due, due_at, oid)
+  redis.call('ZADD', open, lock_end, oid)
   return {'send', 'sending'}
 end
 if not state or state == 'queued' then
@@ -44,6 +48,8 @@ end
 local doubt = redis.call('HGET', order, 'doubt') == '1'
 if state == 'sending' and redis.call('HGET', order, 'attempt_token') == token then
   redis.call('SET', lock, token, 'PX', lock_ms)
+  redis.call('HSET', order, 'ambiguous_at', lock_end)
+  redis.call('ZADD', open, lock_end, oid)
   return {'send', state}
 end
 if state == 'unsent' and not doubt then return attempt() end
