@@ -166,7 +166,9 @@ class HistorySweeps:
         mine = missing(read, [(own.start, min(own.end + 1, horizon))])
         others = [(w.start, w.end + 1) for w in self._readable(now)]
         rest = missing(merge(read + mine), merge(others))
-        for start, end in pages(mine + rest)[:SWEEP_PAGES]:
+        todo = pages(merge(mine + rest))  # one request for adjacent gaps
+        todo.sort(key=lambda page: (page[1] <= own.start or page[0] > own.end, page))  # its own window first
+        for start, end in todo[:SWEEP_PAGES]:
             try:
                 lock.reacquire()
             except LockError:  # held too long: another worker may be sweeping by now
@@ -177,7 +179,7 @@ class HistorySweeps:
     def _readable(self, now: float) -> list[Window]:
         """The windows of the orders in doubt that a sweep may read whole now."""
         s = self.settings
-        ended_before = now - s.doubt_grace - 2 * s.clock_margin - 1
+        ended_before = now - s.doubt_grace - 2 * s.clock_margin  # readable_at > last + grace + 2 margins
         windows = (window_of(record, s, now) for record in self.store.open_doubts(ended_before, SWEEP_ORDERS))
         return [w for w in windows if w.readable_at <= now]
 
