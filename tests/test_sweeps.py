@@ -296,3 +296,13 @@ def test_an_order_the_provider_removed_is_gone(client, store, settings, sim):
     assert doubt.gone(client, store.require_order("SCHED2"), settings.clock_margin)
     sim.inject_fault("SMSHISTORY", "http503", count=4)
     assert not doubt.gone(client, store.require_order("SCHED2"), settings.clock_margin)  # a failed read: not proven
+
+
+def test_a_claimed_attempt_without_an_outcome_counts_as_in_flight_until_its_lock_runs_out(store, settings):
+    """A worker killed mid-send: its request may reach the provider at any moment of its
+    lock, so the window (and when it is readable) runs from there."""
+    before = time.time()
+    store.claim_send("KILLED1", {"message_type": "N"}, lock_seconds=30)
+    w = doubt.window_of(store.require_order("KILLED1"), settings, time.time())
+    assert w.end >= before + 30 + settings.doubt_grace + settings.clock_margin - 1
+    assert store.redis.zscore(store.keys.doubt_open, "KILLED1") >= before + 30
