@@ -17,14 +17,16 @@ An id's score only grows (``ZADD GT``), so an id outlives every piece that liste
 When an order's window is not covered, one worker at a time (``P:sweep:lock``, redis-py's
 lock) reads what is missing of the union of that window and the windows of every order in
 doubt that is readable now (``P:doubt:open``): one read serves them all. Its own window
-first, in pages of SWEEP_PAGE seconds, SWEEP_PAGES pages at most per sweep.
+first, in pages of SWEEP_PAGE seconds, SWEEP_PAGES pages at most per sweep. A page that
+touches the local hour the autumn clock change repeats is not read: the provider's dates
+carry no offset, so no answer about it can prove an absence.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Iterable, Sequence, cast
 
 from redis.exceptions import LockError
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .store import OrderStore
 
 Span = tuple[int, int]  # [start, end) in epoch seconds
+ZERO = timedelta(0)
 
 #: One SMSHISTORY request covers at most this many seconds, so no answer grows with the period.
 SWEEP_PAGE = 3600
@@ -87,6 +90,14 @@ def missing(read: Sequence[Span], wanted: Sequence[Span]) -> list[Span]:
 
 def pages(spans: Iterable[Span], size: int = SWEEP_PAGE) -> list[Span]:
     return [(at, min(at + size, end)) for start, end in spans for at in range(start, end, size)]
+
+
+def repeated_hour(span: Span, tz: tzinfo) -> bool:
+    """Whether ``span`` touches local times that occur twice (the autumn clock change): the
+    provider's dates carry no offset, so its answer may be about the other occurrence."""
+    first, last = (_utc(at).astimezone(tz) for at in span)
+    twice = any(t.replace(fold=1 - t.fold).utcoffset() != t.utcoffset() for t in (first, last))
+    return twice or (last.utcoffset() or ZERO) < (first.utcoffset() or ZERO)
 
 
 class SweepLedger:
@@ -169,6 +180,8 @@ class HistorySweeps:
         todo = pages(merge(mine + rest))  # one request for adjacent gaps
         todo.sort(key=lambda page: (page[1] <= own.start or page[0] > own.end, page))  # its own window first
         for start, end in todo[:SWEEP_PAGES]:
+            if repeated_hour((start, end), self.settings.timezone):  # never counted as read (README, Limits)
+                continue
             try:
                 lock.reacquire()
             except LockError:  # held too long: another worker may be sweeping by now
