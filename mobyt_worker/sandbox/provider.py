@@ -57,6 +57,7 @@ class RecordedRequest:
     params: dict[str, str]  # without "password"
     method: str
     at: float  # time.time() when received (real time, even with an injected clock)
+    fault: str = ""  # the injected fault this request got, if any
 
 
 @dataclass(eq=False, slots=True)
@@ -250,12 +251,12 @@ class ProviderSimulator:
         """Answer one provider request: record it, apply a pending fault, process it."""
         if function not in FUNCTIONS:
             raise ValueError(f"unknown function {function!r}")
-        recorded = RecordedRequest(function, {k: v for k, v in params.items() if k != "password"}, method, time.time())
+        kept, at = {k: v for k, v in params.items() if k != "password"}, time.time()
         with self._lock:
-            self._requests.append(recorded)
             self._counts[function] += 1
             pending = self._faults.get(function)
             fault = pending.popleft() if pending else None
+            self._requests.append(RecordedRequest(function, kept, method, at, fault.kind if fault else ""))
             latency = self._latency
         if fault is not None and fault.kind not in PROCESSED:
             return fault_reply(fault, latency)
