@@ -74,7 +74,7 @@ class Evidence:
     rows: list[RecipientStatus] = field(default_factory=list)
     error: ProviderError | None = None  # why it is unclear, when a read failed
     ask_after: float = 0.0  # epoch before which asking again cannot settle it
-    early: bool = False  # asked before its window was readable: no read could have settled it
+    early: bool = False  # no read of its own could have settled it yet (not readable, or another worker reading)
     why: str = ""  # why it is unclear, when no read failed
 
 
@@ -107,7 +107,7 @@ def gather(client: MobytClient, history: History, settings: Settings, record: Or
     except (ProviderRejected, ProviderUnavailable) as exc:
         return Evidence(UNCLEAR, error=exc)
     if listed is None:
-        return Evidence(UNCLEAR, ask_after=now + SWEEP_WAIT, why="another worker is reading SMSHISTORY")
+        return Evidence(UNCLEAR, ask_after=now + SWEEP_WAIT, early=True, why="another worker is reading SMSHISTORY")
     return Evidence(ACCEPTED if listed else ABSENT)
 
 

@@ -264,7 +264,8 @@ def _absent_error() -> ProviderRejected:
 def _still_in_doubt(rt: Runtime, record: OrderRecord, evidence: doubt.Evidence, next_check: float) -> None:
     """Unclear evidence: look again at ``next_check``; past MOBYT_DOUBT_LIMIT the order is
     ``in_doubt`` (an event, a WARNING, a metric) and is then checked at the slowest pace.
-    Asked before its window was readable, no read could have settled it: not yet."""
+    Asked before its window was readable, or while another worker reads SMSHISTORY for it,
+    no read of its own could have settled it: not yet."""
     store, s = rt.store, rt.settings
     since = record.doubt_since or time.time()
     error = evidence.error or ProviderUnavailable(evidence.why or "no evidence yet")

@@ -231,7 +231,7 @@ def test_while_one_worker_sweeps_another_waits_for_its_answer(client, sweeps, se
     first.start()
     wait_until(lambda: sim.count("SMSHISTORY") == 1)
     busy = gather(client, other, settings, store, "W2", now=now)
-    assert busy.verdict == doubt.UNCLEAR and busy.ask_after == now + doubt.SWEEP_WAIT and not busy.early
+    assert busy.verdict == doubt.UNCLEAR and busy.ask_after == now + doubt.SWEEP_WAIT and busy.early
     first.join()
     assert gather(client, other, settings, store, "W2", now=now).verdict == doubt.ABSENT
     assert sim.count("SMSHISTORY") == 1
