@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import ProviderError, ProviderRejected, ProviderUnavailable
-from .protocol import RecipientStatus
+from .protocol import RecipientStatus, repeated_local_time
 
 if TYPE_CHECKING:
     from .client import MobytClient
@@ -136,6 +136,8 @@ def gone(client: MobytClient, record: OrderRecord, margin: float, now: float | N
     accepted = datetime.fromisoformat(record.accepted_at).timestamp() if record.accepted_at else now
     start = datetime.fromtimestamp(math.floor(first - margin), timezone.utc)
     end = datetime.fromtimestamp(math.ceil(max(first, accepted) + margin), timezone.utc)
+    if repeated_local_time(start, end, client.settings.timezone):  # no answer about it proves a thing
+        return False
     try:
         for _, _, rows in client.sms_history_windows(start, end):
             if any(row.order_id == record.order_id for row in rows):

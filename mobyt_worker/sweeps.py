@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Sequence, cast
 
 from redis.exceptions import LockError
 
 from .doubt import Window, window_of
+from .protocol import repeated_local_time
 
 if TYPE_CHECKING:
     import redis
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from .store import OrderStore
 
 Span = tuple[int, int]  # [start, end) in epoch seconds
-ZERO = timedelta(0)
 
 #: One SMSHISTORY request covers at most this many seconds, so no answer grows with the period.
 SWEEP_PAGE = 3600
@@ -90,14 +90,6 @@ def missing(read: Sequence[Span], wanted: Sequence[Span]) -> list[Span]:
 
 def pages(spans: Iterable[Span], size: int = SWEEP_PAGE) -> list[Span]:
     return [(at, min(at + size, end)) for start, end in spans for at in range(start, end, size)]
-
-
-def repeated_hour(span: Span, tz: tzinfo) -> bool:
-    """Whether ``span`` touches local times that occur twice (the autumn clock change): the
-    provider's dates carry no offset, so its answer may be about the other occurrence."""
-    first, last = (_utc(at).astimezone(tz) for at in span)
-    twice = any(t.replace(fold=1 - t.fold).utcoffset() != t.utcoffset() for t in (first, last))
-    return twice or (last.utcoffset() or ZERO) < (first.utcoffset() or ZERO)
 
 
 class SweepLedger:
@@ -180,7 +172,7 @@ class HistorySweeps:
         todo = pages(merge(mine + rest))  # one request for adjacent gaps
         todo.sort(key=lambda page: (page[1] <= own.start or page[0] > own.end, page))  # its own window first
         for start, end in todo[:SWEEP_PAGES]:
-            if repeated_hour((start, end), self.settings.timezone):  # never counted as read (README, Limits)
+            if repeated_local_time(_utc(start), _utc(end), self.settings.timezone):  # never read (README, Limits)
                 continue
             try:
                 lock.reacquire()

@@ -9,7 +9,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Iterator, Mapping
-from zoneinfo import ZoneInfo
 
 import fakeredis
 import pytest
@@ -22,8 +21,7 @@ from mobyt_worker.errors import ProviderTimeout
 from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer
 from mobyt_worker.sms import build_send_request
 from mobyt_worker.store import OrderStore
-from mobyt_worker.sweeps import (SWEEP_RETENTION, HistorySweeps, SweepLedger, covers, merge, missing, pages,
-                                 repeated_hour)
+from mobyt_worker.sweeps import SWEEP_RETENTION, HistorySweeps, SweepLedger, covers, merge, missing, pages
 from mobyt_worker.transport import HttpResponse, HttpTransport
 
 LOGIN, PASSWORD = "acme", "sweep-Pa55word"
@@ -104,15 +102,6 @@ def test_spans_merge_cover_and_leave_gaps():
     assert missing(read, [(-5, 40)]) == [(-5, 0), (8, 10), (30, 40)]
     assert missing(read, [(12, 20)]) == []
     assert pages([(0, 7000), (9000, 9001)], size=3600) == [(0, 3600), (3600, 7000), (9000, 9001)]
-
-
-def test_the_hour_the_autumn_clock_change_repeats_is_never_counted_as_read():
-    paris, fall_back = ZoneInfo("Europe/Paris"), 1761440400  # 2025-10-26 01:00 UTC: 03:00 CEST -> 02:00 CET
-    assert repeated_hour((fall_back - 3600, fall_back), paris)  # 02:00-03:00 CEST, which 02:00-03:00 CET repeats
-    assert repeated_hour((fall_back + 600, fall_back + 1200), paris)  # inside its second occurrence
-    assert repeated_hour((fall_back - 7200 - 60, fall_back + 3600 + 60), paris)  # across it
-    assert not repeated_hour((fall_back - 7200 - 60, fall_back - 3600 - 1), paris)  # the hour before
-    assert not repeated_hour((1743296400 - 1800, 1743296400 + 1800), paris)  # spring: local times skip, none repeats
 
 
 # --- the ledger ----------------------------------------------------------------------------
