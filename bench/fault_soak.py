@@ -30,7 +30,7 @@ from mobyt_worker.store.orders import OrderStore
 
 ENV = {"MOBYT_READ_TIMEOUT": "1", "MOBYT_CONNECT_TIMEOUT": "1", "MOBYT_SEND_RETRY_MAX": "1",
        "MOBYT_CALL_DEADLINE": "2", "MOBYT_POLL_TICK": "0.3", "MOBYT_POLL_INTERVALS": "0.5,1,2",
-       "MOBYT_DOUBT_GRACE": "0.5", "MOBYT_DOUBT_LIMIT": "20", "MOBYT_ORDER_UNKNOWN_CODES": "40",
+       "MOBYT_DOUBT_GRACE": "0.5", "MOBYT_DOUBT_LIMIT": "20", "MOBYT_CLOCK_MARGIN": "1",
        "MOBYT_VISIBILITY_TIMEOUT": "10"}
 SETTLED = {"accepted", "completed", "failed", "in_doubt"}
 

@@ -104,8 +104,7 @@ class Stack:
             "MOBYT_SEND_RETRY_MAX": "2", "MOBYT_VISIBILITY_TIMEOUT": "10", "MOBYT_REPLAY_AFTER": "4",
             "MOBYT_INBOX_INTERVAL": "30", "MOBYT_RECONCILE_INTERVAL": "300", "MOBYT_CREDITS_INTERVAL": "300",
             "MOBYT_WORKER_CONCURRENCY": "8",
-            # The simulator answers an unknown order with KO 40 (documented in sandbox/rules.py).
-            "MOBYT_ORDER_UNKNOWN_CODES": "40", "MOBYT_DOUBT_GRACE": "1",
+            "MOBYT_DOUBT_GRACE": "1", "MOBYT_CLOCK_MARGIN": "1",  # one clock: history proves absence after seconds
         }
         if broker_url:
             self.env["MOBYT_BROKER_URL"] = broker_url

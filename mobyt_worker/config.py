@@ -114,7 +114,7 @@ class Settings:
     send_retry_for: float = 3600.0
     doubt_grace: float = 30.0
     doubt_limit: float = 3600.0
-    order_unknown_codes: frozenset[str] = frozenset()
+    clock_margin: float = 120.0
     poll_batch: int = 500
     inbox_interval: float = 30.0
     reconcile_interval: float = 300.0
@@ -210,7 +210,7 @@ class Settings:
             send_retry_for=get("MOBYT_SEND_RETRY_FOR", _positive(float), d.send_retry_for),
             doubt_grace=get("MOBYT_DOUBT_GRACE", _non_negative(float), d.doubt_grace),
             doubt_limit=get("MOBYT_DOUBT_LIMIT", _positive(float), d.doubt_limit),
-            order_unknown_codes=get("MOBYT_ORDER_UNKNOWN_CODES", _codes, d.order_unknown_codes),
+            clock_margin=get("MOBYT_CLOCK_MARGIN", _non_negative(float), d.clock_margin),
             poll_batch=get("MOBYT_POLL_BATCH", _positive(int), d.poll_batch),
             inbox_interval=get("MOBYT_INBOX_INTERVAL", _positive(float), d.inbox_interval),
             reconcile_interval=get("MOBYT_RECONCILE_INTERVAL", _positive(float), d.reconcile_interval),
@@ -363,14 +363,6 @@ def _intervals(raw: str) -> tuple[float, ...]:
     if not values or any(v <= 0 for v in values):
         raise ValueError("must be a comma-separated list of positive seconds")
     return values
-
-
-def _codes(raw: str) -> frozenset[str]:
-    """Comma-separated KO codes, e.g. ``40``."""
-    codes = frozenset(part.strip() for part in raw.split(",") if part.strip())
-    if not all(code.isalnum() for code in codes):
-        raise ValueError("must be comma-separated KO codes (letters and digits)")
-    return codes
 
 
 def _http_url(name: str) -> Callable[[str], str]:

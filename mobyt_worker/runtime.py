@@ -36,6 +36,7 @@ from .store.ratelimit import RateLimiter
 from .store.replicas import Replicas
 from .sms import mask_number
 from .store.orders import OrderStore
+from .sweeps import HistorySweeps, SweepLedger
 
 if TYPE_CHECKING:
     from .provider.protocol import RecipientStatus
@@ -131,6 +132,12 @@ class Runtime:
     @cached_property
     def client(self) -> MobytClient:
         return MobytClient(self.settings, on_request=self.metrics.provider_request)
+
+    @cached_property
+    def sweeps(self) -> HistorySweeps:
+        """SMSHISTORY read once for every order in doubt (sweeps.py)."""
+        ledger = SweepLedger(self.redis, Keys(self.settings.key_prefix))
+        return HistorySweeps(self.client, ledger, self.store, self.settings)
 
     @cached_property
     def metrics(self) -> Metrics:

@@ -4,7 +4,7 @@ Exactly-once sending (SPEC §4) rests on three facts: the ``order_id`` is fixed 
 the first attempt (given by the caller, or derived from the Celery task id, which a
 redelivery or a retry keeps); the order record in Redis says whether an attempt may
 have reached the provider; and an attempt that may have reached it is resolved by
-asking SMSSTATUS, never by sending again.
+asking the provider (doubt.py), never by sending again.
 """
 
 from __future__ import annotations
@@ -254,12 +254,12 @@ def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
 def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, state: str,
                       token: str) -> dict[str, Any] | None:
     """An earlier attempt may have reached the provider: settle it on evidence. Returns the
-    task's result, or None when the provider cleanly shows it never got the order (the
+    task's result, or None when SMSHISTORY shows the provider never got the order (the
     caller then sends); raises a retry while the evidence is unclear."""
     rt = task.runtime
     store = rt.store
     record = store.require_order(order_id)
-    evidence = doubt.gather(rt.client, rt.settings, record)
+    evidence = doubt.gather(rt.client, rt.sweeps, rt.settings, record)
     rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
     if evidence.verdict == doubt.ACCEPTED:
         log.info("order %s: an earlier attempt was accepted by the provider; not sent again", order_id)
@@ -271,7 +271,7 @@ def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, 
         if state == IN_DOUBT:  # never sent again automatically, even on evidence
             store.mark_failed(order_id, _absent_error(), allowed=(IN_DOUBT,))
             return _send_result(rt, order_id, request, FAILED)
-        log.info("order %s: the provider cleanly shows no earlier attempt; sending", order_id)
+        log.info("order %s: SMSHISTORY shows no earlier attempt; sending", order_id)
         return None if store.end_doubt(order_id, token) else _send_result(rt, order_id, request, record.state)
     if state == IN_DOUBT:
         return _send_result(rt, order_id, request, IN_DOUBT)
@@ -281,7 +281,7 @@ def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, 
     if not _in_retry_window(rt, record, countdown):  # the due-set poller keeps asking
         return _send_result(rt, order_id, request, store.require_order(order_id).state)
     log.warning("order %s: still in doubt (%s), asking again in %.1fs", order_id,
-                evidence.error or "grace period", countdown)
+                evidence.error or evidence.why, countdown)
     raise task.retry(countdown=countdown)
 
 
@@ -291,11 +291,13 @@ def _absent_error() -> ProviderRejected:
 
 def _still_in_doubt(rt: Runtime, record: OrderRecord, evidence: doubt.Evidence, next_check: float) -> None:
     """Unclear evidence: look again at ``next_check``; past MOBYT_DOUBT_LIMIT the order is
-    ``in_doubt`` (an event, a WARNING, a metric) and is then checked at the slowest pace."""
+    ``in_doubt`` (an event, a WARNING, a metric) and is then checked at the slowest pace.
+    Asked before its window was readable, or while another worker reads SMSHISTORY for it,
+    no read of its own could have settled it: not yet."""
     store, s = rt.store, rt.settings
     since = record.doubt_since or time.time()
-    error = evidence.error or ProviderUnavailable("no evidence yet: within the grace period")
-    if record.state == IN_DOUBT or time.time() - since > s.doubt_limit:
+    error = evidence.error or ProviderUnavailable(evidence.why or "no evidence yet")
+    if record.state == IN_DOUBT or (time.time() - since > s.doubt_limit and not evidence.early):
         if store.mark_in_doubt(record.order_id, error):
             rt.metrics.inc("orders_in_doubt")
             log.warning("order %s is in_doubt: an attempt may have reached the provider and no read settled it "
@@ -423,7 +425,7 @@ def _settle_unfinished_send(rt: Runtime, record: OrderRecord) -> None:
     if not record.doubt and record.state == UNSENT:
         store.mark_failed(order_id, ProviderRejected("the send could not be completed; nothing was billed"))
         return
-    evidence = doubt.gather(rt.client, rt.settings, record)
+    evidence = doubt.gather(rt.client, rt.sweeps, rt.settings, record)
     rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
     if evidence.verdict == doubt.ACCEPTED:
         recipients = [r.recipient for r in evidence.rows] or _stored_recipients(record)
@@ -462,7 +464,7 @@ def cancel(self: MobytTask, order_id: str) -> dict[str, Any]:
         raise OrderNotCancellable(order_id, f"it is {record.state}, not scheduled")
     if record.scheduled_at and datetime.fromisoformat(record.scheduled_at) <= datetime.now(timezone.utc):
         raise OrderNotCancellable(order_id, f"its scheduled time {record.scheduled_at} has passed")
-    withdraw.remove_delayed(rt, order_id)  # any other answer leaves it scheduled (and followed)
+    withdraw.remove_delayed(rt, record)  # any other answer leaves it scheduled (and followed)
     rt.store.mark_cancelled(order_id, recipients=record.recipients)
     return rt.store.require_order(order_id).to_dict()
 

@@ -30,6 +30,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import doubt
 from .contract import replacement_order_id
 from .errors import ProviderRejected, ProviderUnavailable
 from .sms import mask_number
@@ -79,34 +80,24 @@ def withdraw(rt: Runtime, order_id: str, number: str, publish: Publish) -> str:
         return WAIT
     if record.state in (SCHEDULED, IN_DOUBT):
         try:
-            remove_delayed(rt, order_id)
+            remove_delayed(rt, record)
         except (ProviderRejected, ProviderUnavailable) as exc:
             log.warning("order %s: not withdrawn yet after a STOP (%s); asked again later", order_id, exc)
             return WAIT
     return _replace(rt, record, request, recipients, publish)
 
 
-def remove_delayed(rt: Runtime, order_id: str) -> None:
+def remove_delayed(rt: Runtime, record: OrderRecord) -> None:
     """REMOVE_DELAYED, on evidence only. Returns when the provider answered OK, or refused
-    and then cleanly shows the order gone (REMOVE_DELAYED is retried on transient errors:
-    an earlier try may have been applied and its answer lost); raises the refusal
-    otherwise, and a transient failure as it came."""
+    and then shows the order gone (``doubt.gone``: REMOVE_DELAYED is retried on transient
+    errors, so an earlier try may have been applied and its answer lost); raises the
+    refusal otherwise, and a transient failure as it came."""
     try:
-        rt.client.remove_delayed(order_id)
+        rt.client.remove_delayed(record.order_id)
     except ProviderRejected as refused:
-        if not _cleanly_gone(rt, order_id):
+        if not doubt.gone(rt.client, record, rt.settings.clock_margin):
             raise
-        log.info("order %s: REMOVE_DELAYED refused (%s) but the order is gone", order_id, refused.code)
-
-
-def _cleanly_gone(rt: Runtime, order_id: str) -> bool:
-    """SMSSTATUS answered OK without rows, or with a KO configured to mean "unknown order"."""
-    try:
-        return not rt.client.sms_status(order_id)
-    except ProviderRejected as exc:
-        return exc.code in rt.settings.order_unknown_codes
-    except ProviderUnavailable:
-        return False
+        log.info("order %s: REMOVE_DELAYED refused (%s) but the order is gone", record.order_id, refused.code)
 
 
 def _replace(rt: Runtime, record: OrderRecord, request: dict[str, Any], recipients: list[str],

@@ -115,7 +115,7 @@ def worker_env(redis_url: str, provider: SimulatorServer) -> dict[str, str]:
         "MOBYT_POLL_INTERVALS": "0.3,0.6,1",
         "MOBYT_SEND_RETRY_MAX": "0.3",
         "MOBYT_DOUBT_GRACE": "0.3",
-        "MOBYT_ORDER_UNKNOWN_CODES": "40",  # the simulator's "unknown order_id"
+        "MOBYT_CLOCK_MARGIN": "1",  # one clock: a margin of a second, not two minutes, before history proves absence
         "MOBYT_VISIBILITY_TIMEOUT": "8",
         "MOBYT_INBOX_INTERVAL": "0.5",
         "MOBYT_RECONCILE_INTERVAL": "2",

@@ -40,7 +40,7 @@ def rt(sim, monkeypatch) -> Iterator[Runtime]:
     from mobyt_worker.worker import app
 
     settings = Settings(login=LOGIN, password=Secret(PASSWORD), base_url=sim[1], key_prefix="t", default_sender="ACME",
-                        order_unknown_codes=frozenset({"40"}), connect_timeout=1, read_timeout=2)
+                        connect_timeout=1, read_timeout=2)
     built = Runtime(settings, app=app)
     built.__dict__["redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     monkeypatch.setattr(app, "_runtime", (os.getpid(), built))  # what app.runtime hands every task

@@ -81,6 +81,7 @@ class MobytClient:
         on_request: Callable[[str, float, str], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.read_attempts, self.backoff_max = read_attempts, backoff_max
         self._owns_transport = transport is None
         self._transport: Transport = transport if transport is not None else HttpTransport(settings.pool_size)
         self._on_request = on_request
@@ -161,6 +162,11 @@ class MobytClient:
             last_second = end.replace(microsecond=0)
             boundary = Counter(r for r in rows if r.created_at is not None and r.created_at >= last_second)
             yield index, len(bounds) - 1, rows
+
+    def longest_read(self) -> float:
+        """Seconds one read may take, its retries and their waits included."""
+        s = self.settings
+        return self.read_attempts * (s.connect_timeout + s.read_timeout + self.backoff_max)
 
     def credits(self) -> list[CreditRow]:
         return self._call("CREDITS", {}, protocol.decode_credits, self._retry_reads)

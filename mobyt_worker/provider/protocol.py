@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import quote_plus, unquote_plus
 from zoneinfo import ZoneInfo
 
@@ -121,6 +121,16 @@ def format_date(value: datetime, tz: ZoneInfo) -> str:
     if value.tzinfo is None:
         raise ValueError("naive datetime: the provider zone cannot be inferred")
     return value.astimezone(tz).strftime(DATE_FORMAT)
+
+
+def repeated_local_time(first: datetime, last: datetime, tz: ZoneInfo) -> bool:
+    """Whether ``first`` .. ``last`` touch local times that occur twice (the autumn clock
+    change): the provider's dates carry no offset, so an answer about them may be about
+    the other occurrence."""
+    ends = [value.astimezone(tz) for value in (first, last)]
+    twice = any(t.replace(fold=1 - t.fold).utcoffset() != t.utcoffset() for t in ends)
+    zero = timedelta(0)
+    return twice or (ends[1].utcoffset() or zero) < (ends[0].utcoffset() or zero)
 
 
 def parse_date(raw: str, tz: ZoneInfo) -> datetime | None:

@@ -4,9 +4,12 @@ Tests, benchmarks and the demo talk to it (served by :mod:`.server`) exactly as 
 talk to Mobyt: same paths, same parameters, same ``OK``/``KO`` bodies, every answer
 built by the :mod:`mobyt_worker.protocol` encoders so the client and the fake share one
 codec. It also does what the real provider does and a naive fake would not: a repeated
-``order_id`` is accepted and billed again, SRNEWMESSAGES is a destructive read (even
-when the answer is then lost), and faults can be injected per function, including
-the ambiguous ones (the request was processed, the answer never arrived).
+``order_id`` is accepted and billed again, SMSSTATUS answers a KO for an order it does
+not have, SRNEWMESSAGES is a destructive read (even when the answer is then lost), and
+faults can be injected per function, including the ambiguous ones (the request was
+processed, the answer never arrived). SMSHISTORY lists what it holds: every send it
+committed, its answer delivered or lost, and none it refused or failed before committing
+(a 5xx fault) or that REMOVE_DELAYED removed.
 
 What it accepts, refuses (KO codes) and bills is in :mod:`.rules`; each recipient's
 statuses in :mod:`.timeline`, computed lazily from the clock when asked (SMSSTATUS) and
@@ -54,6 +57,7 @@ class RecordedRequest:
     params: dict[str, str]  # without "password"
     method: str
     at: float  # time.time() when received (real time, even with an injected clock)
+    fault: str = ""  # the injected fault this request got, if any
 
 
 @dataclass(eq=False, slots=True)
@@ -121,6 +125,7 @@ class ProviderSimulator:
         self._history_keys: list[float] = []
         self._billed: Counter[str] = Counter()
         self._billed_total = 0
+        self._history_rows = 0  # rows SMSHISTORY answered with, in all
         self._requests: deque[RecordedRequest] = deque(maxlen=self._max_recorded)
         self._counts: Counter[str] = Counter()
         self._abandoned: Counter[str] = Counter()
@@ -194,6 +199,7 @@ class ProviderSimulator:
                 "credits": {f"{t}|{n}": v for (t, n), v in self._credits.items()},
                 "orders": len(self._orders),
                 "inbox": len(self._inbox),
+                "history_rows": self._history_rows,
             }
 
     def inject_fault(
@@ -282,12 +288,12 @@ class ProviderSimulator:
         """Answer one provider request: record it, apply a pending fault, process it."""
         if function not in FUNCTIONS:
             raise ValueError(f"unknown function {function!r}")
-        recorded = RecordedRequest(function, {k: v for k, v in params.items() if k != "password"}, method, time.time())
+        kept, at = {k: v for k, v in params.items() if k != "password"}, time.time()
         with self._lock:
-            self._requests.append(recorded)
             self._counts[function] += 1
             pending = self._faults.get(function)
             fault = pending.popleft() if pending else None
+            self._requests.append(RecordedRequest(function, kept, method, at, fault.kind if fault else ""))
             latency = self._latency
         if fault is not None and fault.kind not in PROCESSED:
             return fault_reply(fault, latency)
@@ -358,7 +364,10 @@ class ProviderSimulator:
                     self._credits[bucket] = self._credits.get(bucket, 0) + amount
             for row in order.rows:
                 row.cancelled = True
-            del self._orders[order_id]  # it now answers KO 40; its history rows stay
+            for send in order.sends:  # the order is gone: SMSSTATUS answers KO 40, SMSHISTORY omits it
+                index = self._history.index(send)
+                del self._history[index], self._history_keys[index]
+            del self._orders[order_id]
         return OK_EMPTY
 
     def _do_smshistory(self, p: dict[str, str]) -> str:
@@ -368,6 +377,7 @@ class ProviderSimulator:
             lo = bisect.bisect_left(self._history_keys, start)
             hi = bisect.bisect_left(self._history_keys, end + 1)  # the whole "to" second
             sends = self._history[lo:hi]
+            self._history_rows += len(sends)
         rows = [
             HistoryRow(
                 s.order_id, self._datetime(s.created), s.message_type, s.sender, s.recipients,

@@ -70,6 +70,7 @@ _CONTROL: dict[tuple[str, str], Callable[[ProviderSimulator, dict[str, Any], dic
     ("GET", "/_sim/deliveries"): lambda sim, data, query: sim.deliveries(query.get("number", [None])[0]),
     ("POST", "/_sim/inbound"): _inbound,
     ("POST", "/_sim/fault"): _fault,
+    ("POST", "/_sim/faults/clear"): lambda sim, data, query: sim.clear_faults(),
     ("POST", "/_sim/reset"): lambda sim, data, query: sim.reset(),
     ("POST", "/_sim/push"): lambda sim, data, query: sim.configure_push(data.get("status_url"), data.get("inbound_url")),
     ("POST", "/_sim/latency"): lambda sim, data, query: sim.set_latency(float(data["seconds"])),

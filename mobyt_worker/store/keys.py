@@ -13,6 +13,10 @@ key                                   type    content
 ``P:orders``                          zset    order_id scored by creation time (recent orders)
 ``P:poll:due``                        zset    order_id scored by when its next status poll is due
 ``P:doubt``                           zset    order_id of an ``in_doubt`` order, scored by when its record expires
+``P:doubt:open``                      zset    order_id of every order in doubt (any state), scored by ``ambiguous_at``
+``P:sweep:read``                      zset    ``start:end`` seconds of SMSHISTORY already read, scored by when read
+``P:sweep:seen``                      zset    order_id those reads listed, scored by when read
+``P:sweep:lock``                      string  one SMSHISTORY sweep at a time (see sweeps.py)
 ``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
 ``P:scheduled:{number}``              zset    order_id of an order scheduled for that (E.164) number, scored by
                                               its scheduled time; the key expires after the latest one
@@ -53,6 +57,10 @@ class Keys:
         self.queue_oldest = f"{prefix}:queue:oldest"
         self.provider_ok = f"{prefix}:provider:last_ok"
         self.in_doubt = f"{prefix}:doubt"
+        self.doubt_open = f"{prefix}:doubt:open"
+        self.swept = f"{prefix}:sweep:read"
+        self.swept_seen = f"{prefix}:sweep:seen"
+        self.sweep_lock = f"{prefix}:sweep:lock"
 
     def inbox_message(self, message_id: int) -> str:
         return f"{self.inbox_message_prefix}{message_id}"

@@ -6,7 +6,9 @@ state, scored by when the record expires, so counting them (an alert) is O(1). A
 order is indexed under each recipient in ``P:scheduled:{number}`` by its claim (the claim
 refuses a number that sent STOP, in the same script), scored by its scheduled time, and
 leaves it when cancelled or when that time has passed: what a STOP must withdraw is one
-read, never a scan of the orders.
+read, never a scan of the orders. Every order in doubt, whatever its state, is in
+``P:doubt:open`` from its claim until evidence (or an operator) ends the doubt, scored by
+``ambiguous_at``: the SMSHISTORY sweeps read the windows of all of them at once (sweeps.py).
 
 Multi-key changes run as Lua scripts so that they are atomic and cost one round trip:
 two workers applying the same status see one change and emit one event. Tracking keys
@@ -75,7 +77,7 @@ class OrderRecord:
     recipient_count: int = 0  # how many the order was sent to: known before the provider accepted it
     doubt: bool = False  # an attempt may have reached the provider: only evidence ends it
     doubt_since: float | None = None  # epoch the doubt began
-    ambiguous_at: float | None = None  # epoch of the last attempt that may have reached it
+    ambiguous_at: float | None = None  # epoch the last attempt may have been in flight until (lock end, or its failure)
     claimed_at: float | None = None  # epoch a worker first took the send: its retries are timed from it
     request: str | None = None  # JSON of the send's kwargs (for an operator's resend)
     replaces: str | None = None  # the order this one was made from when a recipient sent STOP
@@ -139,7 +141,7 @@ class OrderStore:
         index = [self.keys.scheduled(number) for number in recipients] if ahead is not None else []
         verdict, state = self._claim_send(
             keys=[self.keys.order(order_id), self.keys.send_lock(order_id), self.keys.orders, self.keys.due,
-                  self.keys.intents, self.keys.optout, *index],
+                  self.keys.intents, self.keys.doubt_open, self.keys.optout, *index],
             args=[token, int(lock_seconds * 1000), now, self.ttl_for(scheduled_epoch), json.dumps(_flatten(fields)),
                   order_id, due_at, "" if ahead is None else ahead, *recipients],
         )
@@ -184,7 +186,7 @@ class OrderStore:
         scheduled_at = first_poll_at - self.poll_intervals[0] if scheduled else None
         return self._accept(
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.due, self.keys.events,
-                  self.keys.send_lock(order_id), self.keys.in_doubt],
+                  self.keys.send_lock(order_id), self.keys.in_doubt, self.keys.doubt_open],
             args=[order_id, event, json.dumps(_flatten(extra)), json.dumps(list(recipients)), first_poll_at,
                   self.ttl_for(scheduled_at), self.stream_maxlen, at, release_token or ""],
         )
@@ -200,10 +202,12 @@ class OrderStore:
 
     def note_ambiguous(self, order_id: str, error: Exception, next_check: float) -> None:
         """The attempt may have reached the provider: it stays in doubt, settled later on evidence."""
+        now = time.time()
         with self.redis.pipeline() as pipe:
-            fields: dict[str, Any] = {"ambiguous_at": time.time(), **_error_fields(error)}
+            fields: dict[str, Any] = {"ambiguous_at": now, **_error_fields(error)}
             pipe.hset(self.keys.order(order_id), mapping=cast(Mapping[Any, Any], fields))
             pipe.zadd(self.keys.due, {order_id: next_check})
+            pipe.zadd(self.keys.doubt_open, {order_id: now})
             pipe.execute()
 
     def mark_failed(self, order_id: str, error: Exception, *, allowed: Iterable[str] = (SENDING, UNSENT)) -> bool:
@@ -251,11 +255,14 @@ class OrderStore:
         only those in ``only``), the fields in ``when`` match and ``lock`` holds its token:
         one optimistic transaction, with the event's ``type=order`` entry (plus ``emit``), if
         it has one. True if it moved. ``index`` (a zset, a score) gets the order; leaving
-        ``in_doubt`` drops it from ``P:doubt``."""
+        ``in_doubt`` drops it from ``P:doubt``, and ending the doubt (``doubt=0``, or a final
+        state) from ``P:doubt:open``."""
         move, allowed = TRANSITIONS[event], sources(event, only)
         state = cast(OrderState, move.target)  # (no Python writer removes a record)
         if IN_DOUBT in allowed and state != IN_DOUBT:
             drop = (*drop, self.keys.in_doubt)
+        if more.get("doubt") == 0 or more.get("final") == 1:
+            drop = (*drop, self.keys.doubt_open)
         key = self.keys.order(order_id)
         changed = False
 
@@ -301,7 +308,7 @@ class OrderStore:
         ]
         result = self._apply(
             keys=[self.keys.order(order_id), self.keys.recipients(order_id), self.keys.history(order_id),
-                  self.keys.due, self.keys.events, self.keys.in_doubt],
+                  self.keys.due, self.keys.events, self.keys.in_doubt, self.keys.doubt_open],
             args=[order_id, json.dumps(payload), source, now_iso(now), now, self.ttl, self.stream_maxlen,
                   json.dumps(self.poll_intervals), HISTORY_PER_RECIPIENT],
         )
@@ -391,6 +398,29 @@ class OrderStore:
                         break
             start += page
         return found
+
+    def open_doubts(self, ended_before: float, limit: int) -> list[OrderRecord]:
+        """Orders in doubt (``P:doubt:open``) whose last attempt ended before ``ended_before``,
+        oldest first, at most ``limit``. Entries whose record expired or is no longer in
+        doubt are dropped here. The index only tells a sweep what else to read while it
+        reads: an order's own check always reads its own window, so a missing entry costs
+        a read, never a verdict."""
+        ids = cast(list[str], self.redis.zrangebyscore(self.keys.doubt_open, "-inf", ended_before, start=0, num=limit))
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for oid in ids:
+                pipe.hgetall(self.keys.order(oid))
+            raws = pipe.execute()
+        records, stale = [], []
+        for oid, raw in zip(ids, raws):
+            if raw and raw.get("doubt") == "1" and raw.get("state") in UNSETTLED:
+                records.append(_record(raw, {}, []))
+            else:
+                stale.append(oid)
+        if stale:
+            self.redis.zrem(self.keys.doubt_open, *stale)
+        return records
 
     def due_count(self) -> int:
         return self.redis.zcard(self.keys.due)

@@ -363,3 +363,19 @@ def test_ambiguous_autumn_hour():
     assert raw == "20241027023000"
     back = protocol.parse_date(raw, PARIS)
     assert back.astimezone(timezone.utc) == datetime(2024, 10, 27, 0, 30, tzinfo=timezone.utc)
+
+
+def test_the_local_hour_the_autumn_clock_change_repeats_is_told_apart():
+    """A read that touches it may be answered for the other occurrence: sweeps and cancels
+    never take such an answer as proof of absence."""
+    fall_back = 1761440400  # 2025-10-26 01:00 UTC: 03:00 CEST -> 02:00 CET
+
+    def repeated(start: int, end: int) -> bool:
+        return protocol.repeated_local_time(datetime.fromtimestamp(start, timezone.utc),
+                                            datetime.fromtimestamp(end, timezone.utc), PARIS)
+
+    assert repeated(fall_back - 3600, fall_back)  # 02:00-03:00 CEST, which 02:00-03:00 CET repeats
+    assert repeated(fall_back + 600, fall_back + 1200)  # inside its second occurrence
+    assert repeated(fall_back - 7200 - 60, fall_back + 3600 + 60)  # across it
+    assert not repeated(fall_back - 7200 - 60, fall_back - 3600 - 1)  # the hour before
+    assert not repeated(1743296400 - 1800, 1743296400 + 1800)  # spring: local times skip, none repeats

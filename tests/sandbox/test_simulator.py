@@ -309,6 +309,7 @@ def test_scheduled_send_can_be_removed_and_is_refunded(call: Call, sim: Provider
     assert call("SMSSTATUS", order_id=order_id).text == "KO|40|unknown order_id"
     assert call("REMOVE_DELAYED", order_id=order_id).text == "KO|40|unknown order_id"
     assert sim.billed_sends(order_id) == 1  # it was accepted; the refund restores the credits
+    assert call("SMSHISTORY", **{"from": fmt(START - 1), "to": fmt(START + 1)}).text == "OK;"  # it holds it no more
 
 
 def test_scheduled_send_starts_at_its_time_and_is_then_not_cancellable(call: Call, clock: FakeClock) -> None:
@@ -469,6 +470,28 @@ def test_lost_answer_is_billed_but_never_answered(call: Call, sim: ProviderSimul
         _attempt_send(call, "LOST1")
     assert sim.billed_sends("LOST1") == 1
     assert [r.status for r in statuses(call, "LOST1")] == [W]
+
+
+def test_history_lists_what_was_committed_and_says_which_request_got_a_fault(call: Call, sim: ProviderSimulator) -> None:
+    """An outage's two halves: refused before committing (5xx) and committed with the answer
+    lost. SMSHISTORY lists only the second; the recorded requests say which fault each got."""
+    sim.inject_fault("SENDSMS", "http500")
+    sim.inject_fault("SENDSMS", "lost_answer")
+    assert _attempt_send(call, "REFUSED1").status_code == 500
+    with pytest.raises(requests.ConnectionError):
+        _attempt_send(call, "LOST2")
+    _attempt_send(call, "FINE1")
+    rows = protocol.decode_history(call("SMSHISTORY", **{"from": fmt(START - 1), "to": fmt(START + 1)}).text, TZ)
+    assert [r.order_id for r in rows] == ["LOST2", "FINE1"] and sim.stats()["history_rows"] == 2
+    assert [(r.params["order_id"], r.fault) for r in sim.requests("SENDSMS")] == [
+        ("REFUSED1", "http500"), ("LOST2", "lost_answer"), ("FINE1", "")]
+
+
+def test_faults_not_yet_used_can_be_cleared_over_http(call: Call, sim: ProviderSimulator, server) -> None:
+    sim.inject_fault("SENDSMS", "http500", count=100)
+    assert _attempt_send(call, "OUT1").status_code == 500
+    assert requests.post(server.url + "/_sim/faults/clear", json={}, timeout=5).json() == {"ok": True}
+    assert protocol.decode_send(_attempt_send(call, "OUT1").text).order_id == "OUT1"
 
 
 def test_slow_answer_times_out_after_the_send_was_billed(call: Call, sim: ProviderSimulator) -> None:

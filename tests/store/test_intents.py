@@ -137,7 +137,7 @@ def is_send(message: dict) -> bool:
 def test_a_send_whose_retry_the_broker_lost_is_published_again_by_the_poller(
         fault, state, redis_url, simulator, start_process):
     """The first attempt fails (surely unsent: a 429 asking for 6 s; or its connection
-    dropped, so absence is proven only after the 6 s grace), its retry waits
+    dropped, so absence is proven only after the 6 s grace and the clock margins), its retry waits
     in the worker, and the worker is SIGKILLed as the broker loses that message. The poller
     publishes the send task again: sent once, never failed for want of a retry."""
     worker = start_process("worker", env={"MOBYT_DOUBT_GRACE": "6"})
@@ -147,7 +147,7 @@ def test_a_send_whose_retry_the_broker_lost_is_published_again_by_the_poller(
     store = OrderStore(connect_redis(redis_url), "mobyt")
     r = redis.Redis.from_url(redis_url)
     wait_for(lambda: (rec := store.get_order(order_id)) and rec.state == state and r.hlen("unacked") == 1
-             and re.search(r"Retry in [56](\.\d+)?s", worker.output()), timeout=20, what="the retry held by the worker")
+             and re.search(r"Retry in [5-9](\.\d+)?s", worker.output()), timeout=20, what="the retry held by the worker")
     worker.kill()
     assert r.delete("mobyt", "unacked", "unacked_index") >= 1  # the broker lost the retry
     start_process("worker", name="w2")

@@ -1,5 +1,6 @@
 """Exactly once under doubt, end to end: real worker (and beat), real Redis, the simulator
-over HTTP. A send that may have reached the provider is settled on evidence only."""
+over HTTP, with the default evidence rule: the simulator answers SMSSTATUS for an order it
+does not have with a KO, as a real provider does, and only SMSHISTORY proves absence."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def state_is(store: OrderStore, order_id: str, *states: str):
 
 def test_doubt1_lost_answer_then_a_ko_on_smsstatus_is_never_sent_again(redis_url, simulator, start_process):
     """DOUBT1: the provider accepts, the answer is lost, SMSSTATUS answers KO 50 once."""
-    start_process("worker", env={"MOBYT_ORDER_UNKNOWN_CODES": ""})  # no KO proves absence
+    start_process("worker")
     simulator.inject_fault("SENDSMS", "lost_answer")
     simulator.inject_fault("SMSSTATUS", "ko", code="50", message="Temporary failure, retry later")
     reply = send(redis_url, "DOUBT1").get(timeout=40)
@@ -45,7 +46,7 @@ def test_doubt1_lost_answer_then_a_ko_on_smsstatus_is_never_sent_again(redis_url
 
 
 def test_dupdemo1_500_then_a_lost_answer_bills_once(redis_url, simulator, start_process):
-    """500 (ambiguous) -> provider cleanly absent -> sent again -> that answer lost after the
+    """500 (ambiguous) -> absent from the history -> sent again -> that answer lost after the
     provider committed -> the next try must ask, not send."""
     start_process("worker")
     simulator.inject_fault("SENDSMS", "http500")
@@ -56,6 +57,62 @@ def test_dupdemo1_500_then_a_lost_answer_bills_once(redis_url, simulator, start_
     assert simulator.count("SMSHISTORY") >= 1  # absence was shown by the history too
     record = store_of(redis_url).get_order("DUPDEMO1")
     assert record.attempts == 2 and not record.doubt
+
+
+def order_events(store: OrderStore, order_id: str) -> list[str]:
+    return [e["state"] for _, e in store.redis.xrange(store.keys.events)
+            if e["order_id"] == order_id and e["type"] == "order"]
+
+
+def test_a_send_refused_before_commit_during_an_outage_is_delivered_after_it_with_no_operator(
+        redis_url, simulator, start_process):
+    """Three HTTP 500s the provider answered before committing: each leaves the order in
+    doubt, SMSSTATUS answers KO (unknown order), and SMSHISTORY over the attempts without
+    it proves absence: sent again under the same order id, billed once, never in_doubt."""
+    start_process("worker")
+    simulator.inject_fault("SENDSMS", "http500", count=3)
+    assert send(redis_url, "OUTAGE1").get(timeout=60)["status"] == "accepted"
+    assert simulator.count("SENDSMS") == 4 and simulator.billed_sends() == 1
+    assert {r.params["order_id"] for r in simulator.requests("SENDSMS")} == {"OUTAGE1"}
+    assert simulator.count("SMSHISTORY") >= 3  # one proof of absence before each new attempt
+    store = store_of(redis_url)
+    record = store.get_order("OUTAGE1")
+    assert record.state in ("accepted", "completed") and record.attempts == 4 and not record.doubt
+    assert order_events(store, "OUTAGE1") == ["accepted"]  # no in_doubt, no operator
+    assert store.redis.zcard(store.keys.doubt_open) == 0
+
+
+def test_a_lost_answer_after_commit_is_found_in_the_history_while_smsstatus_says_ko(
+        redis_url, simulator, start_process):
+    """The provider committed and the answer was lost; SMSSTATUS keeps answering KO. The
+    history lists the order: accepted, billed once, never sent again."""
+    start_process("worker")
+    simulator.inject_fault("SENDSMS", "lost_answer")
+    simulator.inject_fault("SMSSTATUS", "ko", count=100, code="31", message="Order not found")
+    assert send(redis_url, "LOSTKO1").get(timeout=60)["status"] == "accepted"
+    assert simulator.count("SENDSMS") == 1 and simulator.billed_sends("LOSTKO1") == 1
+    assert simulator.count("SMSHISTORY") >= 1
+    store = store_of(redis_url)
+    assert store.get_order("LOSTKO1").state == "accepted" and order_events(store, "LOSTKO1") == ["accepted"]
+
+
+def test_orders_in_doubt_after_an_outage_share_a_few_history_reads(redis_url, simulator, start_process):
+    """An outage on SENDSMS: of 24 sends, 12 refused before commit (500) and 12 committed
+    with their answers lost. SMSSTATUS finds the 12 committed; the 12 others are proven
+    absent by a few shared SMSHISTORY reads, not one each, and sent once after it."""
+    start_process("worker")
+    for _ in range(12):
+        simulator.inject_fault("SENDSMS", "http500")
+        simulator.inject_fault("SENDSMS", "lost_answer")
+    ids = [f"FLEET{i}" for i in range(24)]
+    results = [send(redis_url, oid) for oid in ids]
+    assert [r.get(timeout=90)["status"] for r in results] == ["accepted"] * 24
+    assert [simulator.billed_sends(oid) for oid in ids] == [1] * 24
+    assert simulator.count("SENDSMS") == 36  # the 12 refused ones sent once more each
+    assert simulator.count("SMSHISTORY") <= 4  # shared: a per-order read would be 12 at least
+    assert simulator.stats()["history_rows"] <= 5 * 12
+    store = store_of(redis_url)
+    assert not [oid for oid in ids if "in_doubt" in order_events(store, oid)]
 
 
 def test_429_with_retry_after_is_honoured_then_sent_once(redis_url, simulator, start_process):
@@ -70,8 +127,12 @@ def test_429_with_retry_after_is_honoured_then_sent_once(redis_url, simulator, s
     assert "ProviderThrottled" in worker.output()
 
 
-def test_cancel_refused_then_a_ko_read_is_not_marked_cancelled(redis_url, simulator, start_process):
-    start_process("worker", env={"MOBYT_ORDER_UNKNOWN_CODES": ""})
+def test_a_refused_cancel_is_cancelled_only_once_the_history_no_longer_lists_the_order(
+        redis_url, simulator, start_process):
+    """REMOVE_DELAYED refused and SMSSTATUS answering KO prove nothing: while SMSHISTORY
+    still lists the order the provider may send it, so it stays scheduled. Removed by a
+    try whose answer was lost, it leaves the history: then the refused retry ends cancelled."""
+    start_process("worker")
     client = bare_client(redis_url)
     when = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
     order_id = send(redis_url, "CANCEL1", scheduled_at=when).get(timeout=20)["order_id"]
@@ -81,21 +142,22 @@ def test_cancel_refused_then_a_ko_read_is_not_marked_cancelled(redis_url, simula
         call(client, "mobyt.cancel", order_id=order_id).get(timeout=30)
     assert "not cancellable" in str(info.value)
     assert store_of(redis_url).get_order(order_id).state == "scheduled"  # the provider may still send it
-    simulator.inject_fault("REMOVE_DELAYED", "lost_answer")  # removed; the retry is refused (KO 41)
-    with pytest.raises(Exception):  # SMSSTATUS's KO 40 is not configured to mean "unknown"
-        call(client, "mobyt.cancel", order_id=order_id).get(timeout=30)
-    assert store_of(redis_url).get_order(order_id).state == "scheduled"
+    assert simulator.count("SMSHISTORY") == 1 and simulator.stats()["orders"] == 1
+    simulator.inject_fault("REMOVE_DELAYED", "lost_answer")  # removed; the retry is refused (KO 40)
+    assert call(client, "mobyt.cancel", order_id=order_id).get(timeout=30)["state"] == "cancelled"
+    assert simulator.count("REMOVE_DELAYED") == 3 and simulator.count("SMSHISTORY") == 2
 
 
 def test_retries_run_out_while_reads_fail_becomes_in_doubt_then_settles_on_evidence(
         redis_url, simulator, start_process):
-    """Lost after commit, then SMSSTATUS keeps failing: never failed, never sent again;
-    in_doubt past the limit (event, WARNING); accepted once a read answers."""
+    """Lost after commit, then SMSSTATUS and SMSHISTORY keep failing: never failed, never
+    sent again; in_doubt past the limit (event, WARNING); accepted once a read answers."""
     env = {"MOBYT_DOUBT_LIMIT": "2"}
     worker = start_process("worker", env=env)
     start_process("beat", env=env)
     simulator.inject_fault("SENDSMS", "lost_answer")
     simulator.inject_fault("SMSSTATUS", "http503", count=28)  # 7 reads of 4 tries each
+    simulator.inject_fault("SMSHISTORY", "http503", count=12)  # 3 sweeps
     result = send(redis_url, "SETTLE1")
     store = store_of(redis_url)
     record = state_is(store, "SETTLE1", "in_doubt")

@@ -6,7 +6,7 @@
 -- and each recipient keeps only its newest ARGV[9] history entries (``n`` in its record
 -- counts them), trimmed here, with the append. Applied to an order they may complete (or
 -- have completed); any other state is returned as it is, nothing written.
-local order, rcpt, hist, due, events, doubt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local order, rcpt, hist, due, events, doubt, open = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local oid, rows, source, at = ARGV[1], cjson.decode(ARGV[2]), ARGV[3], ARGV[4]
 local now, ttl, maxlen, intervals = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], cjson.decode(ARGV[8])
 local keep = tonumber(ARGV[9])
@@ -94,6 +94,7 @@ if final and redis.call('HLEN', rcpt) > 0 then
   if completed then
     redis.call('HSET', order, 'state', completed, 'final', 1, 'completed_at', at)
     redis.call('ZREM', doubt, oid)  -- a push may settle an order in doubt
+    redis.call('ZREM', open, oid)
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'order', 'order_id', oid,
       'state', completed, 'batch_id', batch, 'at', at)
   end
