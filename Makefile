@@ -69,7 +69,7 @@ test: install-test rabbitmq
 unit: install-unit
 	$(BIN)/pytest -m "not integration"
 
-# Figures of the README's performance section (about 10 minutes; redis-server as for the tests)
+# Figures of docs/performance.md (about 10 minutes; redis-server as for the tests)
 bench: install-test
 	$(BIN)/python bench/pipeline_throughput.py
 	$(BIN)/python bench/send_steps.py
@@ -77,6 +77,6 @@ bench: install-test
 	$(BIN)/python bench/rate_limit.py
 
 # The soak at full size: every fault scenario, one line each, then sends under a flaky
-# provider in waves, one line; both run even if the first fails (see README, reliability)
+# provider in waves, one line; both run even if the first fails (see docs/reliability.md)
 soak: install-test rabbitmq
 	$(BIN)/python bench/soak.py; status=$$?; $(BIN)/python bench/fault_soak.py && exit $$status

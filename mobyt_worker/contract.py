@@ -1,6 +1,6 @@
 """The public contract of the workers: the queue, the task names, their arguments and
 results. Workers, beat, producers, the CLI, the demo and the HTTP API take the names from
-here, and a service that enqueues by name uses the same strings (README, "Public contract").
+here, and a service that enqueues by name uses the same strings (docs/reference.md, "Tasks").
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ class HistorySweeps:
         todo = pages(merge(mine + rest))  # one request for adjacent gaps
         todo.sort(key=lambda page: (page[1] <= own.start or page[0] > own.end, page))  # its own window first
         for start, end in todo[:SWEEP_PAGES]:
-            if repeated_local_time(_utc(start), _utc(end), self.settings.timezone):  # never read (README, Limits)
+            if repeated_local_time(_utc(start), _utc(end), self.settings.timezone):  # never read (docs/operations.md)
                 continue
             try:
                 lock.reacquire()

@@ -10,7 +10,7 @@ again with the same task id and kwargs. A replay of a message that was not lost 
 harmless: the claim sees the order and sends nothing twice.
 
 One call writes an intent (any language can do the same with ``EVAL`` of the script as
-registered, ``scripts.source("record_intent")``: see docs/reference.md)::
+registered, ``scripts.source("record_intent")``: see docs/reference.md, "Producers")::
 
     Intents(redis_client, "mobyt", ttl=..., replay_after=120).record(order_id, task_id, kwargs)
 """

@@ -20,10 +20,11 @@ key                                   type    content
 ``P:batch:{batch_id}``                hash    chunk index -> order_id of a bulk send
 ``P:scheduled:{number}``              zset    order_id of an order scheduled for that (E.164) number, scored by
                                               its scheduled time; the key expires after the latest one
-``P:events``                          stream  status changes and order events (see README)
+``P:events``                          stream  status changes and order events (docs/reference.md)
 ====================================  ======  ==================================================
 
-The README's key table lists the others (inbox, opt-outs, credits, metrics, beat).
+The key table of docs/reference.md ("Redis keys") lists the others (inbox, opt-outs,
+credits, metrics, beat).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 class Keys:
     """The one place key names are spelled, for every module (orders, inbox, opt-outs,
-    credits, metrics, rate limit, beat). The table above and the README's say
+    credits, metrics, rate limit, beat). The table above and docs/reference.md's say
     what each holds."""
 
     def __init__(self, prefix: str) -> None:

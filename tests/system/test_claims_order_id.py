@@ -43,8 +43,8 @@ def test_sends_redelivered_after_a_sigkill_keep_their_derived_order_ids(redis_ur
     """Bare sends (no order id, so no intent): the messages the killed worker held come
     back after the visibility timeout under the same task id, so the same derived order id.
     A message it had popped but not yet recorded as unacked went with it (kombu's BRPOP
-    window; only an intent covers that, README step 7): one BRPOP is in flight at a time,
-    so at most one, and it never ran. The test sends each once and watches."""
+    window; only an intent covers that, docs/reliability.md step 7): one BRPOP is in flight
+    at a time, so at most one, and it never ran. The test sends each once and watches."""
     simulator.set_latency(0.5)  # the provider processes each send, then answers late
     doomed = start_process("worker", name="doomed")
     client = bare_client(redis_url)

@@ -1,4 +1,4 @@
-"""Redis as the README asks it to run (AOF, ``appendfsync everysec``) restarted while
+"""Redis as docs/operations.md asks it to run (AOF, ``appendfsync everysec``) restarted while
 sends wait in the queue and others run unacked in the worker: every order is billed
 exactly once, and the worker says it lost the broker."""
 

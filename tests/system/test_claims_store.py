@@ -1,4 +1,4 @@
-"""The README's promises about what Redis keeps: streams trimmed to about
+"""What docs/reference.md promises about what Redis keeps: streams trimmed to about
 MOBYT_STREAM_MAXLEN entries, and tracking keys that expire MOBYT_ORDER_TTL seconds after
 an order's last change (so the TTL goes back up at every change)."""
 

@@ -109,8 +109,8 @@ def test_every_fault_on_sendsms_ends_in_exactly_one_billed_send(kind, redis_url,
 def test_sigkill_in_the_middle_of_sends_then_restart_sends_each_order_once(redis_url, simulator, start_process):
     """Sent through the producer helper, as the README tells producers: the messages the
     killed worker held come back after the visibility timeout, and one it had popped but not
-    yet recorded as unacked (kombu's BRPOP window, README step 7) is published again from
-    its intent by the beat. The test only watches."""
+    yet recorded as unacked (kombu's BRPOP window, docs/reliability.md step 7) is published
+    again from its intent by the beat. The test only watches."""
     env = {"MOBYT_REPLAY_AFTER": "2"}
     simulator.set_latency(0.4)
     worker = start_process("worker", name="doomed", env=env)

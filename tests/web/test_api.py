@@ -276,7 +276,8 @@ def test_rate_limit_per_token_answers_429_with_retry_after(api_env):
 
 
 def test_raw_queue_message_from_a_bare_redis_client_is_sent(api_rt, start_process, redis_url):
-    """The README's message, pushed with redis-py alone (no Celery): the order completes."""
+    """The message of docs/reference.md ("The queue without Celery"), pushed with redis-py
+    alone (no Celery): the order completes."""
     start_process("worker")
     start_process("beat")
     order_id, task_id = uuid.uuid4().hex, str(uuid.uuid4())
