@@ -7,7 +7,8 @@ orders that may still reach that number are exactly those in its index. For each
 * being sent (``sending``, or ``unsent`` after an attempt that may have reached the
   provider): wait, the send settles it;
 * ``scheduled`` or ``in_doubt``: REMOVE_DELAYED, withdrawn only on evidence, as
-  ``mobyt.cancel`` (OK, or a refusal after which SMSSTATUS cleanly shows the order gone);
+  ``mobyt.cancel`` (OK, or a refusal after which the provider shows the order gone:
+  ``doubt.gone``);
   anything else waits for the next run;
 * ``unsent`` with no attempt in doubt: nothing reached the provider and no claim will ever
   send it again (the claim refuses the number): withdrawn without asking the provider;
