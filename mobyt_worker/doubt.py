@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Protocol
 
+from .delivery import ABSENT, ACCEPTED, UNCLEAR  # the verdicts the policy reads
 from .errors import ProviderError, ProviderRejected, ProviderUnavailable
 from .provider.protocol import RecipientStatus, repeated_local_time
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from .config import Settings
     from .store.orders import OrderRecord
 
-ACCEPTED, ABSENT, UNCLEAR = "accepted", "absent", "unclear"
 
 #: Another worker is sweeping SMSHISTORY: ask again after this long (a page usually takes
 #: well under a second; its answer then serves this order too).

@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any, cast
 
-from . import contract, doubt, sms, withdraw
+from . import contract, delivery, doubt, sms, withdraw
 from .contract import QUEUE, chunk_order_id, is_order_id, order_id_for_task
 from .errors import (
     InvalidInput,
@@ -43,6 +43,7 @@ from .store.orders import (
     UNSENT,
     UNSETTLED,
     OrderRecord,
+    OrderState,
 )
 from .worker import app
 
@@ -52,11 +53,8 @@ log = logging.getLogger(__name__)
 RATE_WAIT_IN_TASK = 3.0
 
 
-def _backoff(retries: int, cap: float, base: float = 1.0) -> float:
-    """Exponential backoff with full jitter: uniform between 0 and the step (the AWS
-    formula; Celery's own rounds to whole seconds, too coarse for sub-second caps)."""
-    step = min(cap, base * 2 ** retries)
-    return random.uniform(0, step)
+def _policy(rt: Runtime) -> delivery.Policy:
+    return delivery.Policy.of(rt.settings)
 
 
 # --- send --------------------------------------------------------------------------------
@@ -133,33 +131,6 @@ def _split_bulk(task: MobytTask, request: sms.SendRequest, batch_id: str) -> dic
             "recipients": len(request.recipients), "credits": request.credits, "status": "batched"}
 
 
-def _lock_seconds(rt: Runtime) -> float:
-    """The send lock outlives one SENDSMS call (it ends by MOBYT_CALL_DEADLINE) and no more,
-    so a SIGKILLed holder delays the redelivered task by seconds, not minutes."""
-    return rt.settings.call_deadline + 5
-
-
-def _look_again_at(rt: Runtime, countdown: float = 0.0) -> float:
-    """When the poller should look at an order whose next attempt starts in ``countdown``
-    seconds, if nothing settled it by then: that attempt's lock has run out and the grace
-    for a request still queued at the provider is over."""
-    return time.time() + countdown + _lock_seconds(rt) + rt.settings.doubt_grace
-
-
-def _in_retry_window(rt: Runtime, record: OrderRecord, countdown: float = 0.0) -> bool:
-    """Whether a send may be tried again ``countdown`` seconds from now: only within
-    MOBYT_SEND_RETRY_FOR of its first claim (records written before ``claimed_at``
-    existed count from their creation). Past it, the order stays where it is, in the due
-    set, and the poller settles it on evidence (it never sends)."""
-    first_claim = record.claimed_at or datetime.fromisoformat(record.created_at).timestamp()
-    return time.time() + countdown - first_claim <= rt.settings.send_retry_for
-
-
-def _may_retry(rt: Runtime, order_id: str, countdown: float) -> bool:
-    record = rt.store.get_order(order_id, with_history=False)
-    return record is not None and _in_retry_window(rt, record, countdown)
-
-
 def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_id: str | None,
                replaces: str | None = None) -> dict[str, Any]:
     rt = task.runtime
@@ -175,7 +146,8 @@ def _send_once(task: MobytTask, request: sms.SendRequest, order_id: str, batch_i
     claim = functools.partial(_claim, task, order_id, batch_id, replaces)
     verdict, state, token, request = claim(request)
     if verdict == "busy":
-        raise task.retry(countdown=_backoff(task.request.retries, s.send_retry_max), max_retries=None)
+        raise task.retry(countdown=delivery.backoff(task.request.retries, s.send_retry_max, random.uniform),
+                         max_retries=None)
     if verdict == "done":
         return _send_result(rt, order_id, request, state)
     try:
@@ -210,8 +182,10 @@ def _claim(task: MobytTask, order_id: str, batch_id: str | None, replaces: str |
             "recipient_count": len(request.recipients), "replaces": replaces,
             "request": json.dumps(request.task_kwargs(batch_id, replaces)),
         }
+        policy = _policy(rt)
         verdict, state, token = rt.store.claim_send(
-            order_id, meta, lock_seconds=_lock_seconds(rt), due_at=_look_again_at(rt), recipients=request.recipients,
+            order_id, meta, lock_seconds=policy.lock_seconds, due_at=delivery.look_again_at(policy, time.time()),
+            recipients=request.recipients,
             token=token, scheduled_epoch=request.scheduled_at.timestamp() if request.scheduled_at else None)
         if verdict != "optout":
             return verdict, state, token, request
@@ -237,18 +211,24 @@ def _require_replicated(task: MobytTask, order_id: str, token: str) -> None:
     call: a claim a failover loses would let another worker send the order again. Too few
     acknowledgements end the attempt as surely unsent, retried with backoff."""
     rt = task.runtime
-    store, s = rt.store, rt.settings
+    store = rt.store
     try:
         rt.replicas.require(store.keys.order(order_id), "attempt_token", token)
     except NotReplicated as exc:
-        countdown = _backoff(task.request.retries, s.send_retry_max)
+        decision = _after_failure(task, order_id, delivery.UNSENT_TRANSIENT)
         store.mark_unsent(order_id, exc, token)
-        store.defer(order_id, _look_again_at(rt, countdown))
-        if not _may_retry(rt, order_id, countdown):
+        store.defer(order_id, decision.look_at)
+        if decision.action != delivery.RETRY:
             raise exc
         log.warning("order %s: not sent, the claim is not on the replicas (%s); retry %d", order_id, exc,
                     task.request.retries + 1)
-        raise task.retry(exc=exc, countdown=countdown)
+        raise task.retry(exc=exc, countdown=decision.countdown)
+
+
+def _after_failure(task: MobytTask, order_id: str, outcome: str, retry_after: float | None = None) -> delivery.Decision:
+    rt = task.runtime
+    return delivery.after_attempt(_policy(rt), outcome, rt.store.get_order(order_id, with_history=False), time.time(),
+                                  retries=task.request.retries, jitter=random.uniform, retry_after=retry_after)
 
 
 def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, state: str,
@@ -261,51 +241,47 @@ def _resolve_for_send(task: MobytTask, request: sms.SendRequest, order_id: str, 
     record = store.require_order(order_id)
     evidence = doubt.gather(rt.client, rt.sweeps, rt.settings, record)
     rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
-    if evidence.verdict == doubt.ACCEPTED:
+    as_claimed = replace(record, state=cast(OrderState, state))
+    decision = delivery.resolve(_policy(rt), as_claimed, evidence.verdict, time.time(), retries=task.request.retries,
+                                jitter=random.uniform, ask_after=evidence.ask_after, early=evidence.early)
+    if decision.action == delivery.ACCEPT:
         log.info("order %s: an earlier attempt was accepted by the provider; not sent again", order_id)
         state = _record_acceptance(rt, request, order_id, credits=None)
         if evidence.rows:
             rt.record_statuses(order_id, evidence.rows, source="poll")
         return _send_result(rt, order_id, request, state)
-    if evidence.verdict == doubt.ABSENT:
-        if state == IN_DOUBT:  # never sent again automatically, even on evidence
-            store.mark_failed(order_id, _absent_error(), allowed=(IN_DOUBT,))
-            return _send_result(rt, order_id, request, FAILED)
+    if decision.action == delivery.FAIL:  # in_doubt: never sent again automatically, even on evidence
+        store.mark_failed(order_id, _absent_error(), allowed=(IN_DOUBT,))
+        return _send_result(rt, order_id, request, FAILED)
+    if decision.action == delivery.SEND:
         log.info("order %s: SMSHISTORY shows no earlier attempt; sending", order_id)
         return None if store.end_doubt(order_id, token) else _send_result(rt, order_id, request, record.state)
-    if state == IN_DOUBT:
+    if decision.action == delivery.REPORT:
         return _send_result(rt, order_id, request, IN_DOUBT)
-    countdown = max(_backoff(task.request.retries, rt.settings.send_retry_max),
-                    evidence.ask_after - time.time())
-    _still_in_doubt(rt, record, evidence, next_check=_look_again_at(rt, countdown))
-    if not _in_retry_window(rt, record, countdown):  # the due-set poller keeps asking
+    _still_in_doubt(rt, record, evidence, decision)
+    if decision.action == delivery.HAND_OVER:  # past the retry window: the due-set poller keeps asking
         return _send_result(rt, order_id, request, store.require_order(order_id).state)
     log.warning("order %s: still in doubt (%s), asking again in %.1fs", order_id,
-                evidence.error or evidence.why, countdown)
-    raise task.retry(countdown=countdown)
+                evidence.error or evidence.why, decision.countdown)
+    raise task.retry(countdown=decision.countdown)
 
 
 def _absent_error() -> ProviderRejected:
     return ProviderRejected("the provider shows no such order after every attempt: nothing was billed")
 
 
-def _still_in_doubt(rt: Runtime, record: OrderRecord, evidence: doubt.Evidence, next_check: float) -> None:
-    """Unclear evidence: look again at ``next_check``; past MOBYT_DOUBT_LIMIT the order is
-    ``in_doubt`` (an event, a WARNING, a metric) and is then checked at the slowest pace.
-    Asked before its window was readable, or while another worker reads SMSHISTORY for it,
-    no read of its own could have settled it: not yet."""
-    store, s = rt.store, rt.settings
-    since = record.doubt_since or time.time()
+def _still_in_doubt(rt: Runtime, record: OrderRecord, evidence: doubt.Evidence, decision: delivery.Decision) -> None:
+    """Unclear evidence: look again at the decision's time; ``in_doubt`` past the doubt
+    limit (an event, a WARNING, a metric)."""
+    store = rt.store
     error = evidence.error or ProviderUnavailable(evidence.why or "no evidence yet")
-    if record.state == IN_DOUBT or (time.time() - since > s.doubt_limit and not evidence.early):
-        if store.mark_in_doubt(record.order_id, error):
-            rt.metrics.inc("orders_in_doubt")
-            log.warning("order %s is in_doubt: an attempt may have reached the provider and no read settled it "
-                        "in %.0fs; it will not be sent again automatically (mobyt resend --help)",
-                        record.order_id, time.time() - since)
-        next_check = max(next_check, time.time() + s.poll_intervals[-1])
+    if decision.in_doubt and store.mark_in_doubt(record.order_id, error):
+        rt.metrics.inc("orders_in_doubt")
+        log.warning("order %s is in_doubt: an attempt may have reached the provider and no read settled it "
+                    "in %.0fs; it will not be sent again automatically (mobyt resend --help)",
+                    record.order_id, time.time() - (record.doubt_since or time.time()))
     store.note_error(record.order_id, error)
-    store.defer(record.order_id, next_check)
+    store.defer(record.order_id, decision.look_at)
 
 
 def _attempt(task: MobytTask, request: sms.SendRequest, order_id: str, lock_token: str) -> dict[str, Any]:
@@ -318,31 +294,31 @@ def _attempt(task: MobytTask, request: sms.SendRequest, order_id: str, lock_toke
         log.warning("order %s refused by the provider: %s", order_id, exc)
         raise
     except ProviderUnavailable as exc:
-        countdown = max(_backoff(task.request.retries, s.send_retry_max), getattr(exc, "retry_after", None) or 0.0)
-        next_check = _look_again_at(rt, countdown)
+        outcome = delivery.AMBIGUOUS if exc.ambiguous else delivery.UNSENT_TRANSIENT
+        decision = _after_failure(task, order_id, outcome, getattr(exc, "retry_after", None))
         if exc.ambiguous:  # stays in doubt: the next try, or the poller, asks for evidence first
-            store.note_ambiguous(order_id, exc, next_check)
+            store.note_ambiguous(order_id, exc, decision.look_at)
         else:
             store.mark_unsent(order_id, exc, lock_token)
-            store.defer(order_id, next_check)
-        if not _may_retry(rt, order_id, countdown):  # the poller settles it
+            store.defer(order_id, decision.look_at)
+        if decision.action != delivery.RETRY:  # the poller settles it
             log.warning("order %s: transient failure (%s), no retry after %.0fs of trying", order_id,
                         type(exc).__name__, s.send_retry_for)
             raise exc
         log.warning("order %s: transient failure (%s), retry %d", order_id, type(exc).__name__,
                     task.request.retries + 1)
-        raise task.retry(exc=exc, countdown=countdown)
+        raise task.retry(exc=exc, countdown=decision.countdown)
     credits = receipt.count if request.return_credits else None
     state = _record_acceptance(rt, request, order_id, credits=credits, lock_token=lock_token)
     return _send_result(rt, order_id, request, state, credits=credits)
 
 
 def _record_acceptance(rt: Runtime, request: sms.SendRequest, order_id: str, credits: int | None, lock_token: str = "") -> str:
-    first = rt.settings.poll_intervals[0]
-    start = request.scheduled_at.timestamp() if request.scheduled_at else time.time()
+    scheduled = request.scheduled_at.timestamp() if request.scheduled_at else None
+    first_poll = delivery.accepted(_policy(rt), time.time(), scheduled).look_at
     fields = {"credits": credits} if credits is not None else None
     return rt.store.mark_accepted(order_id, scheduled=request.scheduled_at is not None,
-                                  recipients=request.recipients, first_poll_at=start + first, fields=fields,
+                                  recipients=request.recipients, first_poll_at=first_poll, fields=fields,
                                   release_token=lock_token or None)
 
 
@@ -409,37 +385,37 @@ def _settle_unfinished_send(rt: Runtime, record: OrderRecord) -> None:
     that the provider has it, failed (nothing billed) on evidence that it does not or that
     no attempt ever reached it, and otherwise still in doubt, asked again later. The poller
     itself never sends."""
-    store, order_id = rt.store, record.order_id
-    lock_ms = rt.redis.pttl(store.keys.send_lock(order_id))
-    if lock_ms > 0 or lock_ms == -1:  # an attempt is in flight: look after it
-        store.defer(order_id, time.time() + max(lock_ms, 0) / 1000 + rt.settings.doubt_grace + 0.1)
+    store, order_id, policy = rt.store, record.order_id, _policy(rt)
+    decision = delivery.settle(policy, record, time.time(), lock_ms=rt.redis.pttl(store.keys.send_lock(order_id)))
+    if decision.action == delivery.WAIT:  # an attempt is in flight: look after it
+        store.defer(order_id, decision.look_at)
         return
-    if record.state != IN_DOUBT and record.request and _in_retry_window(rt, record):
-        store.defer(order_id, _look_again_at(rt))  # before publishing: a failed publish is looked at again
-        send_sms.apply_async(kwargs=json.loads(record.request), task_id=record.task_id or f"send-{order_id}",
+    if decision.action == delivery.REPUBLISH:
+        store.defer(order_id, decision.look_at)  # before publishing: a failed publish is looked at again
+        send_sms.apply_async(kwargs=json.loads(cast(str, record.request)), task_id=record.task_id or f"send-{order_id}",
                              queue=QUEUE)
         rt.metrics.inc("sends_republished")
         log.warning("order %s: %s and no task is sending it; its send task is published again", order_id,
                     record.state)
         return
-    if not record.doubt and record.state == UNSENT:
+    if decision.action == delivery.FAIL:  # unsent, and no attempt may have reached the provider
         store.mark_failed(order_id, ProviderRejected("the send could not be completed; nothing was billed"))
         return
     evidence = doubt.gather(rt.client, rt.sweeps, rt.settings, record)
     rt.metrics.inc("doubt_checks", outcome=evidence.verdict)
-    if evidence.verdict == doubt.ACCEPTED:
+    decision = delivery.after_evidence(policy, record, evidence.verdict, time.time(), ask_after=evidence.ask_after,
+                                       early=evidence.early)
+    if decision.action == delivery.ACCEPT:
         recipients = [r.recipient for r in evidence.rows] or _stored_recipients(record)
-        store.mark_accepted(order_id, scheduled=False, recipients=recipients, first_poll_at=time.time())
+        store.mark_accepted(order_id, scheduled=False, recipients=recipients, first_poll_at=decision.look_at)
         if evidence.rows:
             rt.record_statuses(order_id, evidence.rows, source="poll")
         log.info("order %s: settled as accepted (was %s, %d attempts)", order_id, record.state, record.attempts)
-    elif evidence.verdict == doubt.ABSENT:
+    elif decision.action == delivery.FAIL:
         store.mark_failed(order_id, _absent_error(), allowed=UNSETTLED)
     else:
-        intervals = rt.settings.poll_intervals
-        pause = intervals[min(record.polls, len(intervals) - 1)]
         rt.redis.hincrby(store.keys.order(order_id), "polls", 1)
-        _still_in_doubt(rt, record, evidence, next_check=max(time.time() + pause, evidence.ask_after))
+        _still_in_doubt(rt, record, evidence, decision)
 
 
 def _stored_recipients(record: OrderRecord) -> list[str]:
@@ -486,7 +462,7 @@ def apply_optout(self: MobytTask, number: str) -> dict[str, Any]:
     for outcome in outcomes.values():
         rt.metrics.inc("optout_orders", outcome=outcome)
     if withdraw.WAIT in outcomes.values():
-        countdown = _backoff(self.request.retries, rt.settings.poll_intervals[-1])
+        countdown = delivery.backoff(self.request.retries, rt.settings.poll_intervals[-1], random.uniform)
         rt.optouts.postpone(number, time.time() + countdown + rt.settings.replay_after)  # if the retry is lost
         raise self.retry(countdown=countdown)
     rt.optouts.applied(number)

@@ -138,3 +138,13 @@ def test_the_layer_check_finds_an_import_that_goes_up():
              "mobyt_worker.runtime": {"mobyt_worker.sandbox.provider"}, "mobyt_worker.cli.main": {"mobyt_worker.sandbox"}}
     assert layer_violations(edges) == ["mobyt_worker.provider.client -> mobyt_worker.store.orders",
                                        "mobyt_worker.runtime -> mobyt_worker.sandbox.provider"]
+
+
+def test_the_delivery_policy_imports_no_io():
+    """delivery.py is pure: no store/ (Redis), provider/ (HTTP) or Celery side, so every
+    row of its decision table is a unit test."""
+    assert graph()["mobyt_worker.delivery"] == {"mobyt_worker.states"}
+    tree = ast.parse((PACKAGE / "delivery.py").read_text(encoding="utf-8"))
+    outside = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    outside |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
+    assert outside <= {"__future__", "dataclasses", "datetime", "typing"}, outside
