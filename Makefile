@@ -67,7 +67,7 @@ test: install-test rabbitmq
 # Store, inbox, opt-outs, credits, rate limit, metrics... on fakeredis; a connection to any
 # Redis server fails the test (tests/conftest.py). The integration tier runs in `make test`.
 unit: install-unit
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest -n 3 -m "not integration"
 
 # Figures of docs/performance.md (about 10 minutes; redis-server as for the tests)
 bench: install-test
