@@ -36,5 +36,5 @@ def test_two_beats_run_each_job_once_per_dispatch_and_the_survivor_takes_over(si
              what="every job run again")
     waiting, _ = standby.output().split(ACQUIRED, 1)
     assert SENDING not in waiting  # it dispatched nothing before it held the lock
-    wait_for(lambda: one_run_per_dispatch(runtime.redis, prefix, simulator, JOBS, [b1, b2]), timeout=10,
-             what="both beats' dispatches, RedBeat's counts and the provider's runs to agree")
+    wait_for(lambda: one_run_per_dispatch(runtime.redis, prefix, simulator, JOBS, [b1, b2], killed=holder),
+             timeout=10, what="both beats' dispatches, RedBeat's counts and the provider's runs to agree")

@@ -50,7 +50,7 @@ def test_standby_beat_takes_over_with_the_procfile_timing_and_keeps_each_jobs_pa
         assert dispatches(holding, "check-credits") >= 3  # it ticks: every due job was looked at...
         assert dispatches(holding, "reconcile-inbox") == 0  # ...and this one, run within its interval, is not due
         assert simulator.count("SRHISTORYBYID") == 1
-        wait_for(lambda: one_run_per_dispatch(runtime.redis, prefix, simulator, JOBS, beats), timeout=10,
+        wait_for(lambda: one_run_per_dispatch(runtime.redis, prefix, simulator, JOBS, beats, killed=holder), timeout=10,
                  what="both beats' dispatches, RedBeat's counts and the provider's runs to agree")
     finally:
         for beat in beats:
