@@ -396,8 +396,9 @@ def test_a_send_that_exhausts_its_retries_is_settled_by_the_poller(redis_url, si
     """Every attempt's connection drops (never processed). Each drop leaves the order in
     doubt, settled before the next attempt by clean absence (SMSSTATUS unknown, SMSHISTORY
     without it); once MOBYT_SEND_RETRY_FOR is over the task stops trying, and the poller
-    shows the same absence and fails the order: nothing was billed."""
-    worker = start_process("worker", env={"MOBYT_SEND_RETRY_FOR": "3"})
+    shows the same absence and fails the order: nothing was billed. Absence is readable
+    grace + 2 x clock margin (2.3 s here) after an attempt: the window leaves room for two."""
+    worker = start_process("worker", env={"MOBYT_SEND_RETRY_FOR": "6"})
     start_process("beat")
     simulator.inject_fault("SENDSMS", "drop", count=1000)
     result = enqueue(bare_client(redis_url), recipients=[DLVRD_NUMBER], message="x", sender="ACME", order_id="GIVEUP1")
