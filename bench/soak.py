@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from mobyt_worker.producer import connect, new_order_id, send_sms  # noqa: E402
 from mobyt_worker.sandbox import FLAKY, FUNCTIONS, ProviderSimulator, SimulatorServer  # noqa: E402
 from mobyt_worker.store.keys import Keys  # noqa: E402
-from mobyt_worker.store.orders import OPEN_STATES, OrderStore  # noqa: E402
+from mobyt_worker.states import OPEN_STATES  # noqa: E402
+from mobyt_worker.store.orders import OrderStore  # noqa: E402
 from mobyt_worker.store.connection import connect as connect_redis  # noqa: E402
 from mobyt_worker.contract import SEND_SMS  # noqa: E402
 from tests.support import CeleryProcess, RabbitVhost, RedisServer  # noqa: E402

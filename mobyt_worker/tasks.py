@@ -32,19 +32,8 @@ from .errors import (
     RecipientOptedOut,
 )
 from .runtime import MobytTask, Runtime
-from .store.orders import (
-    CANCELLED,
-    FAILED,
-    IN_DOUBT,
-    OPEN_STATES,
-    QUEUED,
-    SCHEDULED,
-    SENDING,
-    UNSENT,
-    UNSETTLED,
-    OrderRecord,
-    OrderState,
-)
+from .states import CANCELLED, FAILED, IN_DOUBT, OPEN_STATES, QUEUED, SCHEDULED, SENDING, UNSENT, UNSETTLED, OrderState
+from .store.orders import OrderRecord
 from .worker import app
 
 log = logging.getLogger(__name__)

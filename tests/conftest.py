@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import secrets
 from typing import Callable, Iterator
 
@@ -9,7 +8,7 @@ import fakeredis
 import pytest
 import redis
 
-from mobyt_worker.config import Secret, Settings
+from mobyt_worker.config import Settings
 from mobyt_worker.runtime import Runtime
 from mobyt_worker.sandbox import ProviderSimulator, SimulatorServer
 from mobyt_worker.store.connection import connect

@@ -28,7 +28,6 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from ..store.connection import connect
-from ..contract import QUEUE
 from .processes import CannotRun, Child, free_port, wait_until
 
 PREFIX = "mobytdemo"

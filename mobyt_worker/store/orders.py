@@ -33,7 +33,6 @@ from ..errors import OrderNotFound, OrderNotResendable, scrub
 from .keys import Keys
 from ..provider.protocol import RecipientStatus
 from ..states import IN_DOUBT, SENDING, STATES, TRANSITIONS, UNSENT, UNSETTLED, Event, OrderState, sources
-from ..states import ACCEPTED, CANCELLED, COMPLETED, EXPIRED, FAILED, OPEN_STATES, QUEUED, SCHEDULED  # imported from here too
 
 #: What :meth:`OrderStore.apply_statuses` answers for a push naming only recipients the order does not have.
 UNKNOWN_RECIPIENT = "unknown_recipient"

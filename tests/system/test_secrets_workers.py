@@ -8,7 +8,6 @@ import json
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 
 from ..producer import bare_client, call
 from ..support import ROOT, CELERY, wait_for
